@@ -1,0 +1,188 @@
+"""The one quantserve configuration: models, the variants to build, how each is served, and what it costs.
+
+`quantserve quantize`, `quantserve serve`, the Ray Serve builder and the Helm chart all read this model,
+from the same YAML file (`quantserve.yaml` at the top of the repo by default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG_PATH = Path("quantserve.yaml")
+
+# Names that end up in folder names and in `model:variant` ids.
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing or invalid; the message is meant for the user as is."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CalibrationSpec(StrictModel):
+    """Texts that GPTQ calibrates on."""
+
+    file: str = Field("builtin:calibration.txt", description="Text file, one sample per paragraph; builtin: = shipped")
+    samples: int = Field(32, ge=1, le=4096, description="How many samples to use")
+    max_tokens: int = Field(256, ge=16, le=8192, description="Samples are cut to this many tokens")
+
+
+class OnnxBuild(StrictModel):
+    """An ONNX variant built with the ONNX Runtime GenAI model builder, then (optionally) weight-quantized."""
+
+    method: Literal["onnx"] = "onnx"
+    precision: Literal["fp32", "int8", "int4"]
+    block_size: int = Field(32, ge=16, le=256, description="Weight block size for int8/int4 (MatMulNBits)")
+    algorithm: Literal["rtn", "hqq", "gptq"] = Field("rtn", description="Block quantization algorithm for int4")
+    quantize_embedding: bool = Field(True, description="Also block-quantize the token embedding (GatherBlockQuantized)")
+
+    @model_validator(mode="after")
+    def _block_size_is_power_of_two(self) -> OnnxBuild:
+        if self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        return self
+
+
+class GptqBuild(StrictModel):
+    """GPTQ through GPTQModel, saved as a standard GPTQ checkpoint and converted to ONNX MatMulNBits."""
+
+    method: Literal["gptq"] = "gptq"
+    bits: Literal[4, 8] = 4
+    group_size: int = Field(64, ge=16, le=256, description="Must divide the model's hidden size (576 = 9 x 64)")
+    desc_act: bool = False
+    damp_percent: float = Field(0.05, gt=0, lt=1)
+    calibration: CalibrationSpec = CalibrationSpec()
+
+
+class EmbeddingOnnxBuild(StrictModel):
+    """A sentence-embedding encoder exported to ONNX (pooling happens in the server)."""
+
+    method: Literal["embedding-onnx"] = "embedding-onnx"
+    precision: Literal["fp32", "int8"]
+
+
+BuildSpec = Annotated[OnnxBuild | GptqBuild | EmbeddingOnnxBuild, Field(discriminator="method")]
+
+
+class AutoscalingSpec(StrictModel):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(4, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
+
+
+class ServeSpec(StrictModel):
+    """How a variant is served."""
+
+    enabled: bool = True
+    backend: Literal["onnx", "vllm"] = "onnx"
+    replicas: int = Field(1, ge=0, description="Fixed replica count when autoscaling is not set")
+    autoscaling: AutoscalingSpec | None = None
+    num_cpus: float = Field(0.5, ge=0)
+    num_gpus: float = Field(0, ge=0)
+    max_batch_size: int = Field(8, ge=1, le=256, description="Sequences decoded together by one replica")
+    max_queue: int = Field(64, ge=0, description="Requests waiting for a batch slot before 503")
+    hardware_profile: str = Field("cpu-2vcpu", description="Key in loadtest/prices.yaml; sets $ per replica-hour")
+    fallbacks: list[Name] = Field(default_factory=list, description="Variants of the same model to try, in order")
+
+
+class VariantConfig(StrictModel):
+    name: Name
+    build: BuildSpec
+    serve: ServeSpec = ServeSpec()
+
+
+class ModelConfig(StrictModel):
+    name: Name
+    kind: Literal["chat", "embedding"] = "chat"
+    source: str = Field(description="Local Hugging Face folder, a .gguf file, or package:MODULE/FILE")
+    default_variant: Name
+    variants: list[VariantConfig]
+
+    @model_validator(mode="after")
+    def _variants_consistent(self) -> ModelConfig:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model {self.name!r}: duplicate variant names in {names}")
+        if self.default_variant not in names:
+            raise ValueError(f"model {self.name!r}: default_variant {self.default_variant!r} is not one of {names}")
+        for variant in self.variants:
+            for fallback in variant.serve.fallbacks:
+                if fallback not in names or fallback == variant.name:
+                    raise ValueError(f"model {self.name!r}: variant {variant.name!r} falls back to unknown {fallback!r}")
+            embedding_build = isinstance(variant.build, EmbeddingOnnxBuild)
+            if embedding_build != (self.kind == "embedding"):
+                raise ValueError(f"model {self.name!r}: variant {variant.name!r} build does not fit kind {self.kind!r}")
+        return self
+
+    def variant(self, name: str) -> VariantConfig:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise KeyError(name)
+
+
+class ServerConfig(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+
+class QuantserveConfig(StrictModel):
+    """Root of `quantserve.yaml`."""
+
+    models_dir: str = Field("models", description="Where variants are built and read, relative to the working dir")
+    server: ServerConfig = ServerConfig()
+    models: list[ModelConfig]
+
+    @model_validator(mode="after")
+    def _model_names_unique(self) -> QuantserveConfig:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate model names in {names}")
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(name)
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> QuantserveConfig:
+    """Read and validate a config file; raise ConfigError with a one-line, user-facing message."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; pass --config PATH") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}".splitlines()[0]) from None
+    return parse_config(raw, origin=str(path))
+
+
+def parse_config(raw: object, origin: str = "config") -> QuantserveConfig:
+    try:
+        return QuantserveConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """`models.0.variants.1.build.block_size: must be a power of two` style, all errors on one line."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(root)"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
