@@ -1,0 +1,77 @@
+"""What the load test sends: prompt sets shipped in `loadtest/prompts/` and output length distributions."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+PROMPTS_DIR = Path(__file__).with_name("prompts")
+MAX_OUTPUT_TOKENS = 4096
+
+
+class WorkloadError(ValueError):
+    """A prompt set or length distribution the user named is unusable; the message says why."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    messages: list[dict]
+
+    @property
+    def text(self) -> str:
+        """All message contents joined, for endpoints that take plain text (embeddings)."""
+        return "\n".join(str(message.get("content", "")) for message in self.messages)
+
+
+def prompt_set_names() -> list[str]:
+    return sorted(path.stem for path in PROMPTS_DIR.glob("*.jsonl"))
+
+
+def load_prompt_set(name_or_path: str) -> list[Prompt]:
+    """A shipped set by name (`short`, `long`, `mix`) or any JSONL file of {"id", "messages"} lines."""
+    path = PROMPTS_DIR / f"{name_or_path}.jsonl"
+    if not path.exists():
+        path = Path(name_or_path)
+    if not path.is_file():
+        raise WorkloadError(f"unknown prompt set {name_or_path!r}; shipped sets: {', '.join(prompt_set_names())}")
+    prompts = [_parse_line(path, number, line) for number, line in enumerate(path.read_text().splitlines(), 1)]
+    prompts = [prompt for prompt in prompts if prompt is not None]
+    if not prompts:
+        raise WorkloadError(f"prompt set {path} is empty")
+    return prompts
+
+
+def _parse_line(path: Path, number: int, line: str) -> Prompt | None:
+    if not line.strip():
+        return None
+    try:
+        item = json.loads(line)
+        messages = item.get("messages") or [{"role": "user", "content": item["prompt"]}]
+        return Prompt(id=str(item.get("id", f"{path.stem}-{number}")), messages=messages)
+    except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
+        raise WorkloadError(f"{path}:{number}: expected {{'id', 'messages'}} or {{'id', 'prompt'}}") from None
+
+
+def output_length_sampler(spec: str, rng: random.Random) -> Callable[[], int]:
+    """`64` or `fixed:64`, `uniform:16:128`, `normal:64:16`, `exp:64`; samples are clipped to 1..4096."""
+    kind, _, rest = spec.partition(":") if ":" in spec else ("fixed", "", spec)
+    try:
+        args = [float(part) for part in rest.split(":")]
+    except ValueError:
+        raise WorkloadError(f"bad output length {spec!r}; e.g. 64, uniform:16:128, normal:64:16, exp:64") from None
+    draw = _DISTRIBUTIONS.get((kind, len(args)))
+    if draw is None:
+        raise WorkloadError(f"bad output length {spec!r}; e.g. 64, uniform:16:128, normal:64:16, exp:64")
+    return lambda: max(1, min(MAX_OUTPUT_TOKENS, round(draw(rng, *args))))
+
+
+_DISTRIBUTIONS = {
+    ("fixed", 1): lambda rng, n: n,
+    ("uniform", 2): lambda rng, low, high: rng.uniform(low, high),
+    ("normal", 2): lambda rng, mean, sd: rng.gauss(mean, sd),
+    ("exp", 1): lambda rng, mean: rng.expovariate(1 / mean),
+}
