@@ -1,0 +1,99 @@
+{{/* Chart name, overridable. */}}
+{{- define "quantserve.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name of the release's resources, at most 63 characters (a DNS label). */}}
+{{- define "quantserve.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* RayService name: KubeRay appends "-<5 chars>" for the RayCluster and "-head-svc"/"-serve-svc" for Services. */}}
+{{- define "quantserve.rayServiceName" -}}
+{{- include "quantserve.fullname" . | trunc 40 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "quantserve.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "quantserve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "quantserve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "quantserve.labels" -}}
+helm.sh/chart: {{ include "quantserve.chart" . }}
+{{ include "quantserve.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: quantserve
+{{- end }}
+
+{{- define "quantserve.image" -}}
+{{- $tag := .Values.image.tag | default (printf "%s-%s" .Chart.AppVersion .Values.image.flavor) }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+
+{{- define "quantserve.modelsClaimName" -}}
+{{- .Values.modelStorage.existingClaim | default (printf "%s-models" (include "quantserve.fullname" .)) }}
+{{- end }}
+
+{{- define "quantserve.apiKeysSecretName" -}}
+{{- .Values.apiKeys.existingSecret | default (printf "%s-api-keys" (include "quantserve.fullname" .)) }}
+{{- end }}
+
+{{/* Where the models folder is mounted: quantserve.models_dir, under the image's WORKDIR when relative. */}}
+{{- define "quantserve.modelsPath" -}}
+{{- $dir := .Values.quantserve.models_dir | default "models" }}
+{{- if isAbs $dir }}{{ clean $dir }}{{ else }}{{ clean (printf "%s/%s" .Values.image.workingDir $dir) }}{{ end }}
+{{- end }}
+
+{{/*
+The quantserve config as JSON: the `quantserve` values, with serve.enabled set from serve.variants when that list
+is not empty. Unknown ids fail here too (the schema catches them first for the shipped config).
+*/}}
+{{- define "quantserve.config" -}}
+{{- $config := deepCopy .Values.quantserve }}
+{{- $wanted := .Values.serve.variants }}
+{{- if $wanted }}
+{{- $known := list }}
+{{- range $model := $config.models }}
+{{- range $variant := $model.variants }}
+{{- $id := printf "%s:%s" $model.name $variant.name }}
+{{- $known = append $known $id }}
+{{- $serve := $variant.serve | default dict }}
+{{- $_ := set $serve "enabled" (has $id $wanted) }}
+{{- $_ := set $variant "serve" $serve }}
+{{- end }}
+{{- end }}
+{{- range $wanted }}
+{{- if not (has . $known) }}
+{{- fail (printf "serve.variants: unknown variant %q; the quantserve config has %s" . (join ", " $known)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toJson $config }}
+{{- end }}
+
+{{/* Ray Serve's config file (serveConfigV2); mirrors serving/serve_config.py:build_serve_config. */}}
+{{- define "quantserve.serveConfig" -}}
+{{- $env := dict }}
+{{- if .Values.serve.throughputOptimized }}
+{{- $env = dict "RAY_SERVE_THROUGHPUT_OPTIMIZED" "1" "RAY_SERVE_ENABLE_HA_PROXY" "1" }}
+{{- end }}
+{{- $app := dict "name" "quantserve" "route_prefix" "/" "import_path" "serving.app:build_app" }}
+{{- $_ := set $app "args" (dict "config" (include "quantserve.config" . | fromJson)) }}
+{{- $_ := set $app "runtime_env" (dict "env_vars" $env) }}
+{{- $http := dict "host" "0.0.0.0" "port" .Values.serve.port }}
+{{- toYaml (dict "proxy_location" "EveryNode" "http_options" $http "applications" (list $app)) }}
+{{- end }}
