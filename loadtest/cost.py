@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import yaml
@@ -29,7 +30,7 @@ class PriceProfile(BaseModel):
     description: str = ""
     usd_per_hour: float = Field(gt=0)
     source: str = Field(min_length=1)
-    recorded: str = Field(min_length=1, description="Date the price was recorded (YYYY-MM-DD)")
+    recorded: date = Field(description="Date the price was recorded (YYYY-MM-DD)")
 
 
 class PriceTable(BaseModel):
@@ -52,8 +53,11 @@ def load_prices(path: str | Path = DEFAULT_PRICES_PATH) -> PriceTable:
         return PriceTable.model_validate(raw)
     except FileNotFoundError:
         raise PriceError(f"price table {path} not found") from None
-    except (OSError, yaml.YAMLError, ValidationError) as exc:
-        raise PriceError(f"invalid price table {path}: {exc}".splitlines()[0]) from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PriceError(f"invalid price table {path}: {problems}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise PriceError(f"cannot read price table {path}: {exc}".splitlines()[0]) from None
 
 
 def price_per_hour(table: PriceTable, profile: str, replicas: int = 1) -> float:

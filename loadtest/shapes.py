@@ -55,7 +55,8 @@ class SweepShape(LoadTestShape):
             return
         if previous is None or previous.step != state.step:
             self._start_arrivals(state)
-        if state.phase == "measure" and (previous is None or previous.phase != "measure" or previous.step != state.step):
+        measuring_before = previous is not None and previous.phase == "measure" and previous.step == state.step
+        if state.phase == "measure" and not measuring_before:
             self.runner.stats.reset_all()
 
     def _start_arrivals(self, state: StepState) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from loadtest import cli as loadtest_cli
 from quantize import cli as quantize_cli
 from quantize.errors import QuantizeError
 from serving.config import ConfigError
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantserve", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     quantize_cli.add_commands(subparsers)
+    loadtest_cli.add_commands(subparsers)
     return parser
 
 

@@ -1,0 +1,92 @@
+"""The report's figures, drawn with matplotlib (Agg) from run figures and records; PNG bytes out."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from loadtest.records import RequestRecord  # noqa: E402
+from loadtest.results import LevelSummary, label_of, measured  # noqa: E402
+
+DPI = 100
+
+
+def latency_vs_throughput(summaries: list[LevelSummary]) -> bytes:
+    """TTFT and ITL percentiles (p50 solid, p90 dashed) against output tokens/s, one line per variant."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for label, points in _by_label(summaries).items():
+        throughput = [s.output_tokens_per_s for s in points]
+        for axis, metric in zip(axes, ("ttft_ms", "itl_ms"), strict=True):
+            line = axis.plot(throughput, [getattr(s, metric)["p50"] for s in points], "o-", label=f"{label} p50")[0]
+            axis.plot(throughput, [getattr(s, metric)["p90"] for s in points], "s--", color=line.get_color(),
+                      label=f"{label} p90")
+            for s, x in zip(points, throughput, strict=True):
+                axis.annotate(_level_text(s), (x, getattr(s, metric)["p50"]), fontsize=7, alpha=0.7)
+    _finish_axes(axes[0], "output tokens/s", "time to first token (ms)", "TTFT vs throughput")
+    _finish_axes(axes[1], "output tokens/s", "inter-token latency (ms)", "ITL vs throughput")
+    return _png(figure)
+
+
+def latency_vs_cost(summaries: list[LevelSummary]) -> bytes:
+    """p90 end-to-end latency against $ per 1M output tokens; the Pareto front joined and ringed."""
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    priced = [s for s in summaries if s.usd_per_m_output_tokens is not None and s.e2e_ms["p90"] is not None]
+    for label, points in _by_label(priced).items():
+        axis.scatter([s.usd_per_m_output_tokens for s in points], [s.e2e_ms["p90"] for s in points], label=label)
+        for s in points:
+            axis.annotate(_level_text(s), (s.usd_per_m_output_tokens, s.e2e_ms["p90"]), fontsize=7, alpha=0.7)
+    front = sorted((s for s in priced if s.pareto), key=lambda s: s.usd_per_m_output_tokens)
+    if front:
+        xs, ys = [s.usd_per_m_output_tokens for s in front], [s.e2e_ms["p90"] for s in front]
+        axis.plot(xs, ys, "k:", linewidth=1, label="Pareto front")
+        axis.scatter(xs, ys, s=160, facecolors="none", edgecolors="black")
+    _finish_axes(axis, "$ per 1M output tokens", "p90 end-to-end latency (ms)", "Latency vs cost")
+    return _png(figure)
+
+
+def ttft_distribution(records: list[RequestRecord]) -> bytes:
+    """Empirical CDF of time to first token per variant, measured successful requests, all levels."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    values: dict[str, list[float]] = defaultdict(list)
+    for record in measured(records):
+        if record.ok and record.ttft_ms is not None:
+            values[label_of(record)].append(record.ttft_ms)
+    for label, ttfts in sorted(values.items()):
+        ordered = sorted(ttfts)
+        axis.step(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], where="post",
+                  label=f"{label} (n={len(ordered)})")
+    _finish_axes(axis, "time to first token (ms)", "share of requests", "TTFT distribution")
+    return _png(figure)
+
+
+def _by_label(summaries: list[LevelSummary]) -> dict[str, list[LevelSummary]]:
+    grouped: dict[str, list[LevelSummary]] = defaultdict(list)
+    for summary in summaries:
+        grouped[summary.label].append(summary)
+    return {label: sorted(points, key=lambda s: s.level) for label, points in sorted(grouped.items())}
+
+
+def _level_text(summary: LevelSummary) -> str:
+    return f"{summary.level:g}u" if summary.mode == "users" else f"{summary.level:g}/s"
+
+
+def _finish_axes(axis, xlabel: str, ylabel: str, title: str) -> None:
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(True, alpha=0.3)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=7)
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    plt.close(figure)
+    return buffer.getvalue()

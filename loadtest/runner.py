@@ -1,0 +1,120 @@
+"""Run one sweep step as its own headless Locust process and collect its records, showing progress.
+
+The Locust process imports only the locustfile, the shape and their small helpers: no serving modules,
+and gevent's patching stays out of the CLI process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest.records import RequestRecord, read_records
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+STOP_TIMEOUT_S = 60  # requests in flight when a step ends may finish within this
+PROGRESS_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One Locust process: one model id at one load level."""
+
+    target: str
+    model_id: str
+    label: str
+    endpoint: str  # chat | embeddings
+    mode: str  # users | rate
+    level: float
+    warmup_s: float
+    duration_s: float
+    max_requests: int
+    rate_users: int
+    prompts: str
+    max_tokens: str
+    slo_ttft_ms: float
+    slo_itl_ms: float
+    seed: int
+    folder: Path
+
+    @property
+    def name(self) -> str:
+        unit = "users" if self.mode == "users" else "req/s"
+        return f"{self.label} @ {self.level:g} {unit}"
+
+
+def locust_command(step: StepSpec) -> list[str]:
+    model_flag = "--embedding-model" if step.endpoint == "embeddings" else "--model"
+    return [
+        sys.executable, "-m", "locust", "--headless", "--only-summary", "--loglevel", "WARNING",
+        "-f", f"{PACKAGE_DIR / 'locustfile.py'},{PACKAGE_DIR / 'shapes.py'}",
+        "--host", step.target, model_flag, step.model_id, "--run-label", step.label,
+        "--shape-mode", step.mode, "--levels", f"{step.level:g}", "--rate-users", str(step.rate_users),
+        "--warmup", f"{step.warmup_s:g}s", "--step-time", f"{step.duration_s:g}s",
+        "--max-requests", str(step.max_requests), "--prompts", step.prompts, "--max-tokens", step.max_tokens,
+        "--slo-ttft-ms", f"{step.slo_ttft_ms:g}", "--slo-itl-ms", f"{step.slo_itl_ms:g}", "--seed", str(step.seed),
+        "--stop-timeout", str(STOP_TIMEOUT_S), "--exit-code-on-error", "0",
+        "--records-csv", str(step.folder / "records.csv"), "--csv", str(step.folder / "locust"),
+    ]
+
+
+def run_step(step: StepSpec, progress: Callable[[str], None]) -> list[RequestRecord]:
+    """Run the step to its end (or its time bound) and return its records; raises RuntimeError if Locust failed."""
+    step.folder.mkdir(parents=True, exist_ok=True)
+    records_csv, log_path = step.folder / "records.csv", step.folder / "locust.log"
+    deadline = time.monotonic() + step.warmup_s + step.duration_s + STOP_TIMEOUT_S + 60
+    with log_path.open("w") as log:
+        process = subprocess.Popen(locust_command(step), stdout=log, stderr=subprocess.STDOUT, env=_locust_env())
+        try:
+            _wait(process, step, records_csv, deadline, progress)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    records = read_records(records_csv) if records_csv.exists() else []
+    if process.returncode not in (0, -9) and not records:
+        raise RuntimeError(f"Locust failed on {step.name} (exit {process.returncode}): {_tail(log_path)}")
+    return records
+
+
+def _wait(process: subprocess.Popen, step: StepSpec, records_csv: Path, deadline: float, progress) -> None:
+    started = time.monotonic()
+    total = step.warmup_s + step.duration_s
+    while process.poll() is None:
+        if time.monotonic() > deadline:
+            progress(f"  {step.name}: still running past its time bound, stopping it")
+            process.kill()
+            return
+        try:
+            process.wait(timeout=PROGRESS_EVERY_S)
+        except subprocess.TimeoutExpired:
+            sent, errors = _count(records_csv)
+            elapsed = min(time.monotonic() - started, total)
+            progress(f"  {step.name}: {elapsed:.0f}/{total:.0f} s, {sent} requests done, {errors} errors")
+
+
+def _count(records_csv: Path) -> tuple[int, int]:
+    try:
+        records = read_records(records_csv)
+    except (OSError, ValueError, TypeError):  # not written yet, or a row half written
+        return 0, 0
+    return len(records), sum(not record.ok for record in records)
+
+
+def _locust_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(PACKAGE_DIR.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        return " | ".join(path.read_text().strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

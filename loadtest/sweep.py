@@ -1,0 +1,192 @@
+"""A whole `quantserve loadtest run`: check the target, run every (variant, level) step, write the report.
+
+Results so far are always written, also when the target goes away or the run is interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from loadtest.cost import DEFAULT_PRICES_PATH, PriceError, PriceTable, Slo, load_prices, price_per_hour
+from loadtest.machine import describe_machine, versions
+from loadtest.records import RequestRecord
+from loadtest.report import write_report
+from loadtest.results import VariantCost, build_results
+from loadtest.runner import StepSpec, run_step
+from loadtest.steps import parse_duration, parse_levels
+from loadtest.target import TIMEOUT, LoadtestError, check_target, list_models, probe, select_model_ids
+from loadtest.workload import load_prompt_set, output_length_sampler
+
+DEFAULT_PROFILE = "cpu-2vcpu"
+DEFAULT_USER_LEVELS = "1,2,4,8"
+
+
+class RunFailed(RuntimeError):
+    """The run stopped early; `report` is where the results so far were written."""
+
+    def __init__(self, message: str, report: Path) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class Sweep:
+    target: str
+    model: str
+    variants: str
+    endpoint: str
+    mode: str
+    levels: list[float]
+    step: StepSpec  # the settings every step shares; model, label, level and folder are filled per step
+    slo: Slo
+    attainment: float
+    config_path: Path
+    hardware_profile: str | None
+    prices: PriceTable
+    prices_path: Path
+    folder: Path
+
+
+def sweep_from_args(args: argparse.Namespace) -> Sweep:
+    """Validate every argument before any load is sent."""
+    import random
+
+    target = check_target(args.target, args.allow_remote_target)
+    mode = "rate" if args.rate else "users"
+    levels = parse_levels(args.rate or args.users or DEFAULT_USER_LEVELS, mode)
+    load_prompt_set(args.prompts)
+    output_length_sampler(args.max_tokens, random.Random(0))
+    if not 0 < args.slo_attainment <= 1 or args.max_requests < 1 or args.rate_users < 1:
+        raise ValueError("--slo-attainment must be in (0, 1]; --max-requests and --rate-users at least 1")
+    prices_path = Path(args.prices) if args.prices else DEFAULT_PRICES_PATH
+    run_id = args.run_id or f"{datetime.now():%Y%m%d-%H%M%S}-{args.model.replace(':', '-')}"
+    step = StepSpec(target=target, model_id="", label="", endpoint=args.endpoint, mode=mode, level=0,
+                    warmup_s=parse_duration(args.warmup), duration_s=parse_duration(args.duration),
+                    max_requests=args.max_requests, rate_users=args.rate_users, prompts=args.prompts,
+                    max_tokens=args.max_tokens, slo_ttft_ms=args.slo_ttft_ms, slo_itl_ms=args.slo_itl_ms,
+                    seed=args.seed, folder=Path())
+    return Sweep(target=target, model=args.model, variants=args.variants, endpoint=args.endpoint, mode=mode,
+                 levels=levels, step=step, slo=Slo(args.slo_ttft_ms or None, args.slo_itl_ms or None),
+                 attainment=args.slo_attainment, config_path=Path(args.config), hardware_profile=args.hardware_profile,
+                 prices=_load_prices(prices_path), prices_path=prices_path, folder=Path(args.reports_dir) / run_id)
+
+
+def run_sweep(sweep: Sweep, progress: Callable[[str], None]) -> Path:
+    with httpx.Client(timeout=TIMEOUT) as client:
+        available = list_models(client, sweep.target)
+        model_ids = select_model_ids(available, sweep.model, sweep.variants)
+        answered = {model_id: probe(client, sweep.target, model_id, sweep.endpoint) for model_id in model_ids}
+        costs = {label_for(model_id): variant_cost(sweep, model_id, progress) for model_id in model_ids}
+        meta = _meta(sweep, model_ids, available, answered)
+        records, error = _run_steps(sweep, model_ids, client, progress)
+    meta.update(status="incomplete" if error else "complete", error=error, finished_at=_now())
+    report = write_report(sweep.folder, build_results(meta, records, costs, sweep.slo, sweep.attainment), records)
+    if error:
+        raise RunFailed(error, report)
+    return report
+
+
+def _run_steps(sweep: Sweep, model_ids: list[str], client: httpx.Client, progress) -> tuple[list, str]:
+    records: list[RequestRecord] = []
+    try:
+        for model_id in model_ids:
+            for level in sweep.levels:
+                step = _step(sweep, model_id, level)
+                progress(f"{step.name}: warm-up {step.warmup_s:g} s, then {step.duration_s:g} s measured")
+                found = run_step(step, progress)
+                records += found
+                progress(f"{step.name}: {len(found)} requests, {sum(not r.ok for r in found)} errors")
+                _check_target_alive(sweep, step, found, client)
+    except (LoadtestError, RuntimeError) as exc:
+        return records, str(exc)
+    except KeyboardInterrupt:
+        return records, "interrupted"
+    return records, ""
+
+
+def _step(sweep: Sweep, model_id: str, level: float) -> StepSpec:
+    label = label_for(model_id)
+    folder = sweep.folder / "steps" / f"{label}-{level:g}".replace(":", "-")
+    return replace(sweep.step, model_id=model_id, label=label, level=level, folder=folder)
+
+
+def _check_target_alive(sweep: Sweep, step: StepSpec, records: list[RequestRecord], client: httpx.Client) -> None:
+    if records and all(record.status for record in records):
+        return
+    try:
+        list_models(client, sweep.target)
+    except LoadtestError as exc:
+        raise LoadtestError(f"the target went away during {step.name}: {exc}") from None
+    if not records:
+        raise LoadtestError(f"{step.name} sent no requests; see {step.folder / 'locust.log'}")
+
+
+def label_for(model_id: str) -> str:
+    """A variant's name in tables: the part after `model:`, or the model id as given."""
+    return model_id.split(":", 1)[1] if ":" in model_id else model_id
+
+
+def variant_cost(sweep: Sweep, model_id: str, progress) -> VariantCost:
+    profile, replicas = _profile_from_config(sweep.config_path, model_id)
+    if sweep.hardware_profile:
+        profile = sweep.hardware_profile
+    elif profile is None:
+        profile = DEFAULT_PROFILE
+        progress(f"{model_id}: not in {sweep.config_path}; priced as {DEFAULT_PROFILE}, 1 replica")
+    try:
+        usd = price_per_hour(sweep.prices, profile, replicas)
+    except PriceError as exc:
+        raise LoadtestError(str(exc)) from None
+    return VariantCost(label_for(model_id), profile, replicas, usd)
+
+
+def _profile_from_config(path: Path, model_id: str) -> tuple[str | None, int]:
+    """The variant's hardware profile and replica count (autoscaling: its maximum) from the serving config."""
+    from serving.config import ConfigError, load_config
+
+    if not path.exists():
+        return None, 1
+    try:
+        model = load_config(path).model(model_id.split(":", 1)[0])
+        variant = model.variant(model_id.split(":", 1)[1] if ":" in model_id else model.default_variant)
+    except (ConfigError, KeyError):
+        return None, 1
+    serve = variant.serve
+    replicas = serve.autoscaling.max_replicas if serve.autoscaling else serve.replicas
+    return serve.hardware_profile, max(replicas, 1)
+
+
+def _load_prices(path: Path) -> PriceTable:
+    try:
+        return load_prices(path)
+    except PriceError as exc:
+        raise LoadtestError(str(exc)) from None
+
+
+def _meta(sweep: Sweep, model_ids: list[str], available: list[str], answered: dict[str, str]) -> dict:
+    step = sweep.step
+    return {
+        "run_id": sweep.folder.name, "status": "running", "error": "", "started_at": _now(), "finished_at": None,
+        "config": {
+            "target": sweep.target, "model": sweep.model, "model_ids": model_ids, "endpoint": sweep.endpoint,
+            "mode": sweep.mode, "levels": sweep.levels, "warmup_s": step.warmup_s, "step_s": step.duration_s,
+            "max_requests_per_step": step.max_requests, "rate_users": step.rate_users, "prompts": step.prompts,
+            "max_tokens": step.max_tokens, "seed": step.seed, "config_file": str(sweep.config_path),
+        },
+        "prices": {"file": sweep.prices_path.name, "profiles": sweep.prices.model_dump(mode="json")["profiles"]},
+        "versions": versions(),
+        "machine": describe_machine(),
+        "server": {"models": available, "probe_answered_by": answered},
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
