@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stale = sync(args.config, check=args.check)
     if args.check and stale:
-        print(f"out of date with {args.config.name}: {', '.join(stale)}; run python helm/sync_values.py", file=sys.stderr)
+        print(
+            f"out of date with {args.config.name}: {', '.join(stale)}; run python helm/sync_values.py", file=sys.stderr
+        )
         return 1
     print("\n".join(f"wrote {path}" for path in stale) or "helm chart already in sync")
     return 0

@@ -1,4 +1,4 @@
-"""The Ray Serve config file for quantserve: what `serve deploy` reads and KubeRay's `RayService.spec.serveConfigV2` holds.
+"""The Ray Serve config file for quantserve, as `serve deploy` reads it and KubeRay's `RayService.serveConfigV2` holds.
 
 The Helm chart renders the same structure from its `quantserve` values (a copy of quantserve.yaml);
 tests/test_helm_chart.py checks that the two agree.

@@ -17,6 +17,13 @@
 {{- end }}
 {{- end }}
 
+{{/* fullname plus "-<suffix>", still at most 63 characters: called with (list $ "suffix"). */}}
+{{- define "quantserve.suffixedName" -}}
+{{- $suffix := index . 1 }}
+{{- $base := include "quantserve.fullname" (index . 0) | trunc (int (sub 62 (len $suffix))) | trimSuffix "-" }}
+{{- printf "%s-%s" $base $suffix }}
+{{- end }}
+
 {{/* RayService name: KubeRay appends "-<5 chars>" for the RayCluster and "-head-svc"/"-serve-svc" for Services. */}}
 {{- define "quantserve.rayServiceName" -}}
 {{- include "quantserve.fullname" . | trunc 40 | trimSuffix "-" }}
@@ -45,11 +52,11 @@ app.kubernetes.io/part-of: quantserve
 {{- end }}
 
 {{- define "quantserve.modelsClaimName" -}}
-{{- .Values.modelStorage.existingClaim | default (printf "%s-models" (include "quantserve.fullname" .)) }}
+{{- .Values.modelStorage.existingClaim | default (include "quantserve.suffixedName" (list . "models")) }}
 {{- end }}
 
 {{- define "quantserve.apiKeysSecretName" -}}
-{{- .Values.apiKeys.existingSecret | default (printf "%s-api-keys" (include "quantserve.fullname" .)) }}
+{{- .Values.apiKeys.existingSecret | default (include "quantserve.suffixedName" (list . "api-keys")) }}
 {{- end }}
 
 {{/* Where the models folder is mounted: quantserve.models_dir, under the image's WORKDIR when relative. */}}

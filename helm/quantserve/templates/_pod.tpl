@@ -88,7 +88,7 @@ spec:
       {{- end }}
     - name: config
       configMap:
-        name: {{ include "quantserve.fullname" $root }}-config
+        name: {{ include "quantserve.suffixedName" (list $root "config") }}
     - name: tmp
       emptyDir: {}
     - name: dshm
