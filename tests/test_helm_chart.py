@@ -320,3 +320,27 @@ def test_notes_tell_how_to_call_the_api():
     assert '"model": "smollm2-135m:onnx-int4"' in notes
     ingress_notes = render({"ingress": {"enabled": True, "tls": {"enabled": True}}})["quantserve/templates/NOTES.txt"]
     assert "BASE=https://quantserve.example.com" in ingress_notes
+
+
+def test_dockerfile_matches_the_chart():
+    """The image is not built here (no container engine); check what the chart relies on."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert "ARG FLAVOR=cpu" in dockerfile and 'pip install ".[${FLAVOR}]"' in dockerfile
+    assert f"WORKDIR {values['image']['workingDir']}\n" in dockerfile
+    assert f"USER {values['podSecurityContext']['runAsUser']}:" in dockerfile
+    assert "haproxy" in dockerfile.split("apt-get install", 2)[-1].splitlines()[0]
+
+
+def test_only_build_changes_roll_the_ray_cluster():
+    """KubeRay updates Serve in place when only serveConfigV2 changes, and starts a new cluster when pods change."""
+    config = yaml.safe_load((REPO / "quantserve.yaml").read_text())
+    serve_change = yaml.safe_load(yaml.safe_dump(config))
+    serve_change["models"][0]["variants"][0]["serve"]["replicas"] = 3
+    build_change = yaml.safe_load(yaml.safe_dump(config))
+    build_change["models"][0]["variants"][0]["build"]["precision"] = "int8"
+
+    def clusters(quantserve):
+        return ray_cluster(render_objects({"quantserve": quantserve}))
+
+    assert clusters(serve_change) == clusters(config) != clusters(build_change)

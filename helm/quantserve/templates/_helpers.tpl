@@ -92,6 +92,22 @@ is not empty. Unknown ids fail here too (the schema catches them first for the s
 {{- toJson $config }}
 {{- end }}
 
+{{/*
+What the build init container reads, as JSON: the pod templates carry its hash, so changing a source or a build spec
+rolls out a new Ray cluster (which builds the new variants first), while serve-only changes update Serve in place.
+*/}}
+{{- define "quantserve.buildInputs" -}}
+{{- $models := list }}
+{{- range $model := .Values.quantserve.models }}
+{{- $variants := list }}
+{{- range $model.variants }}
+{{- $variants = append $variants (dict "name" .name "build" .build) }}
+{{- end }}
+{{- $models = append $models (dict "name" $model.name "source" $model.source "variants" $variants) }}
+{{- end }}
+{{- toJson (dict "models_dir" .Values.quantserve.models_dir "models" $models "variants" .Values.modelBuild.variants) }}
+{{- end }}
+
 {{/* Ray Serve's config file (serveConfigV2); mirrors serving/serve_config.py:build_serve_config. */}}
 {{- define "quantserve.serveConfig" -}}
 {{- $env := dict }}

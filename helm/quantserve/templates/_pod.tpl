@@ -10,7 +10,7 @@ metadata:
     {{- include "quantserve.selectorLabels" $root | nindent 4 }}
     app.kubernetes.io/component: {{ .component }}
   annotations:
-    checksum/config: {{ include "quantserve.config" $root | sha256sum }}
+    checksum/build-inputs: {{ include "quantserve.buildInputs" $root | sha256sum }}
 spec:
   {{- with $values.imagePullSecrets }}
   imagePullSecrets:
