@@ -53,7 +53,7 @@ def _run_line(results: dict) -> str:
     config, slo = results["config"], results["slo"]
     cheapest = results["cheapest_meeting_slo"]
     best = f"{cheapest['overall']} @ {cheapest['overall_level']:g}" if cheapest["overall"] else "none"
-    bounds = f"TTFT {slo['ttft_ms'] or '–'} ms, ITL {slo['itl_ms'] or '–'} ms, {slo['attainment']:.0%}"
+    bounds = f"TTFT {fmt(slo['ttft_ms'], 0)} ms, ITL {fmt(slo['itl_ms'])} ms, {slo['attainment']:.0%}"
     machine = f"{results['machine'].get('cpu')} ×{results['machine'].get('logical_cpus')}"
     cells = [results["run_id"], results["status"], config["model"], config["prompts"], config["max_tokens"], bounds,
              best, machine]

@@ -120,7 +120,8 @@ class OpenAIUser(HttpUser):
             gevent.sleep(max(0.0, arrivals.take() - time.monotonic()))
 
     def _new_record(self, endpoint: str, model: str, prompt_id: str, max_tokens: int) -> RequestRecord:
-        state = getattr(self.environment.shape_class, "current", None)
+        shape = self.environment.shape_class
+        state = shape.state_now() if hasattr(shape, "state_now") else None
         record = RequestRecord(endpoint=endpoint, model=model, prompt_id=prompt_id, max_tokens=max_tokens,
                                run_label=self.shared.options.run_label, start_s=time.time())
         if state is None:

@@ -17,19 +17,33 @@ DPI = 100
 
 
 def latency_vs_throughput(summaries: list[LevelSummary]) -> bytes:
-    """TTFT and ITL percentiles (p50 solid, p90 dashed) against output tokens/s, one line per variant."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for label, points in _by_label(summaries).items():
-        throughput = [s.output_tokens_per_s for s in points]
-        for axis, metric in zip(axes, ("ttft_ms", "itl_ms"), strict=True):
-            line = axis.plot(throughput, [getattr(s, metric)["p50"] for s in points], "o-", label=f"{label} p50")[0]
-            axis.plot(throughput, [getattr(s, metric)["p90"] for s in points], "s--", color=line.get_color(),
-                      label=f"{label} p90")
-            for s, x in zip(points, throughput, strict=True):
-                axis.annotate(_level_text(s), (x, getattr(s, metric)["p50"]), fontsize=7, alpha=0.7)
-    _finish_axes(axes[0], "output tokens/s", "time to first token (ms)", "TTFT vs throughput")
-    _finish_axes(axes[1], "output tokens/s", "inter-token latency (ms)", "ITL vs throughput")
+    """TTFT, ITL and end-to-end percentiles (p50 solid, p90 dashed) against throughput, one line per variant.
+
+    Throughput is output tokens/s; for endpoints without output tokens (embeddings), requests/s.
+    """
+    by_tokens = any(s.output_tokens for s in summaries)
+    xlabel = "output tokens/s" if by_tokens else "requests/s"
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for axis, (metric, title) in zip(axes, _LATENCIES, strict=True):
+        for label, points in _by_label(summaries).items():
+            points = [s for s in points if getattr(s, metric)["p50"] is not None]
+            _percentile_lines(axis, label, points, metric, by_tokens)
+        _finish_axes(axis, xlabel, f"{title} (ms)", f"{title} vs throughput")
     return _png(figure)
+
+
+_LATENCIES = (("ttft_ms", "time to first token"), ("itl_ms", "inter-token latency"), ("e2e_ms", "end-to-end"))
+
+
+def _percentile_lines(axis, label: str, points: list[LevelSummary], metric: str, by_tokens: bool) -> None:
+    if not points:
+        return
+    xs = [s.output_tokens_per_s if by_tokens else s.requests_per_s for s in points]
+    p50, p90 = ([getattr(s, metric)[q] for s in points] for q in ("p50", "p90"))
+    line = axis.plot(xs, p50, "o-", label=f"{label} p50")[0]
+    axis.plot(xs, p90, "s--", color=line.get_color(), label=f"{label} p90")
+    for s, x, y in zip(points, xs, p50, strict=True):
+        axis.annotate(_level_text(s), (x, y), fontsize=7, alpha=0.7)
 
 
 def latency_vs_cost(summaries: list[LevelSummary]) -> bytes:

@@ -102,9 +102,10 @@ def _overview(results: dict) -> list[str]:
     t = results["totals"]
     config = results["config"]
     status = results["status"] + (f" — {results['error']}" if results.get("error") else "")
+    levels = ", ".join(f"{level:g}" for level in config["levels"])
     return [
         f"- status: **{status}**",
-        f"- target {config['target']}, model {config['model']}, {config['mode']} levels {config['levels']}, "
+        f"- target {config['target']}, model {config['model']}, {config['mode']} levels {levels}, "
         f"warm-up {config['warmup_s']:g} s + {config['step_s']:g} s per step, prompts `{config['prompts']}`, "
         f"max_tokens `{config['max_tokens']}`",
         f"- requests: {t['requests']} ({t['warmup_requests']} warm-up, excluded), errors: {t['errors']}; "

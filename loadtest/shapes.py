@@ -49,6 +49,12 @@ class SweepShape(LoadTestShape):
         options = self.runner.environment.parsed_options
         return users_for(state.step, options.rate_users), SPAWN_RATE
 
+    def state_now(self) -> StepState | None:
+        """The step and phase at this instant (ticks come once a second; records need the exact phase)."""
+        if self.steps is None:
+            return self.current
+        return state_at(self.steps, self.get_run_time()) or self.current
+
     def _enter(self, state: StepState | None) -> None:
         previous, self.current = self.current, state
         if state is None:

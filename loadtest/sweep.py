@@ -102,6 +102,8 @@ def _run_steps(sweep: Sweep, model_ids: list[str], client: httpx.Client, progres
                 found = run_step(step, progress)
                 records += found
                 progress(f"{step.name}: {len(found)} requests, {sum(not r.ok for r in found)} errors")
+                if not any(record.phase == "measure" for record in found):
+                    progress(f"  warning: nothing measured in {step.name}; raise --max-requests or shorten --warmup")
                 _check_target_alive(sweep, step, found, client)
     except (LoadtestError, RuntimeError) as exc:
         return records, str(exc)
