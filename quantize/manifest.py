@@ -36,7 +36,8 @@ class VariantManifest(BaseModel):
     name: str
     format: Literal["hf", "onnx", "gptq"]
     bits: int
-    backends: list[str] = Field(description="Backends that can serve this folder")
+    backends: list[str] = Field(description="Backends that can serve this variant")
+    serve_paths: dict[str, str] = Field(description="Backend -> folder it loads, relative to the variant folder")
     params: dict = Field(default_factory=dict, description="The build spec from the config")
     input_hash: str = Field(description="Hash of source model, build spec and code version: unchanged means skip")
     files: list[FileRecord]

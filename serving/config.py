@@ -40,7 +40,9 @@ class OnnxBuild(StrictModel):
     method: Literal["onnx"] = "onnx"
     precision: Literal["fp32", "int8", "int4"]
     block_size: int = Field(32, ge=16, le=256, description="Weight block size for int8/int4 (MatMulNBits)")
-    algorithm: Literal["rtn", "hqq", "gptq"] = Field("rtn", description="Block quantization algorithm for int4")
+    algorithm: Literal["rtn", "k_quant", "k_quant_last"] = Field(
+        "rtn", description="Weight quantization algorithm of the builder (k_quant_last keeps lm_head in int8)"
+    )
     quantize_embedding: bool = Field(True, description="Also block-quantize the token embedding (GatherBlockQuantized)")
 
     @model_validator(mode="after")

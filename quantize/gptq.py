@@ -1,0 +1,105 @@
+"""GPTQ 4-bit through GPTQModel (the maintained successor of the archived AutoGPTQ).
+
+Output: a standard GPTQ checkpoint (`gptq/`, loadable by vLLM and transformers) and its conversion to
+ONNX MatMulNBits by the ONNX Runtime GenAI builder (`onnx/`), which serves it fast on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import sys
+import types
+from pathlib import Path
+
+from quantize.errors import QuantizeError
+from serving.config import CalibrationSpec, GptqBuild
+
+DATA_DIR = Path(__file__).parent / "data"
+
+
+def load_calibration_texts(spec: CalibrationSpec) -> list[str]:
+    """Paragraphs of the calibration file (blank-line separated), cycled up to `samples`."""
+    path = DATA_DIR / spec.file.removeprefix("builtin:") if spec.file.startswith("builtin:") else Path(spec.file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise QuantizeError(f"cannot read calibration file {path}: {exc.__class__.__name__}") from None
+    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
+    if not paragraphs:
+        raise QuantizeError(f"calibration file {path} is empty; give it text paragraphs separated by blank lines")
+    return [paragraphs[i % len(paragraphs)] for i in range(spec.samples)]
+
+
+@contextlib.contextmanager
+def _torchvision_stand_in():
+    """GPTQModel 7.3 imports torchvision for its InternVL definition only, which text models never use.
+
+    The torchvision wheels that pip can reach are CUDA builds that break imports beside the CPU torch
+    (`operator torchvision::nms does not exist`), so the project does not install torchvision. While
+    gptqmodel imports, empty stand-in modules satisfy that import; they are removed right after.
+    transformers is imported first so that its cached "is torchvision available" answer stays False.
+    """
+    if importlib.util.find_spec("torchvision") is not None:
+        yield
+        return
+    import transformers.utils.import_utils as transformers_imports
+
+    transformers_imports.is_torchvision_available()
+    names = ["torchvision", "torchvision.transforms", "torchvision.transforms.functional"]
+    stand_ins = {name: types.ModuleType(name) for name in names}
+    stand_ins["torchvision.transforms.functional"].InterpolationMode = type("InterpolationMode", (), {})
+    stand_ins["torchvision"].transforms = stand_ins["torchvision.transforms"]
+    stand_ins["torchvision.transforms"].functional = stand_ins["torchvision.transforms.functional"]
+    sys.modules.update(stand_ins)
+    try:
+        yield
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
+
+
+def import_gptqmodel():
+    # On a 2-core host GPTQModel's loader asks for more CPU workers than it computes it has.
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
+    with _torchvision_stand_in():
+        import gptqmodel
+    return gptqmodel
+
+
+def check_group_size(spec: GptqBuild, hf_config: dict) -> None:
+    widths = {hf_config.get("hidden_size"), hf_config.get("intermediate_size")} - {None}
+    bad = sorted(w for w in widths if w % spec.group_size)
+    if bad:
+        raise QuantizeError(
+            f"group_size {spec.group_size} does not divide the layer width(s) {bad}; use a divisor such as 64 or 32"
+        )
+
+
+def quantize_gptq(base_dir: Path, out_dir: Path, spec: GptqBuild, hf_config: dict) -> dict:
+    """Calibrate and save a GPTQ checkpoint in out_dir; return notes for the manifest."""
+    check_group_size(spec, hf_config)
+    texts = load_calibration_texts(spec.calibration)
+    gptqmodel = import_gptqmodel()
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    calibration = [
+        tokenizer(text, truncation=True, max_length=spec.calibration.max_tokens, add_special_tokens=False)
+        for text in texts
+    ]
+    calibration = [{"input_ids": c["input_ids"], "attention_mask": c["attention_mask"]} for c in calibration]
+    config = gptqmodel.QuantizeConfig(
+        bits=spec.bits, group_size=spec.group_size, desc_act=spec.desc_act, damp_percent=spec.damp_percent
+    )
+    print(f"  GPTQ: {len(calibration)} calibration samples, <= {spec.calibration.max_tokens} tokens each", flush=True)
+    model = gptqmodel.GPTQModel.load(str(base_dir), config, dtype=torch.float32)
+    model.quantize(calibration, batch_size=1)
+    model.save(str(out_dir))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (base_dir / name).is_file():  # the base's files: the tokenizer above was left with truncation on
+            shutil.copy2(base_dir / name, out_dir / name)
+    return {"calibration_samples": len(calibration), "calibration_tokens": sum(len(c["input_ids"]) for c in calibration)}

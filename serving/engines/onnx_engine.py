@@ -1,0 +1,101 @@
+"""The ONNX Runtime backend: tokenizer, chat template and a continuous batcher over one decoder."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.engines.base import EngineStats, GenerationOutput, SamplingParams
+from serving.engines.chat_template import ChatTemplate
+from serving.engines.onnx_model import SlotKVModel
+from serving.engines.scheduler import ContinuousBatcher
+
+
+@dataclass(frozen=True)
+class OnnxEngineConfig:
+    folder: Path
+    max_batch_size: int = 8
+    max_queue: int = 64
+    context_length: int = 2048
+    threads: int = 1
+
+
+class OnnxEngine:
+    def __init__(self, config: OnnxEngineConfig) -> None:
+        from tokenizers import Tokenizer
+
+        self.config = config
+        self.tokenizer = Tokenizer.from_file(str(config.folder / "tokenizer.json"))
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.chat_template = ChatTemplate.from_folder(config.folder)
+        model = SlotKVModel(config.folder, config.max_batch_size, config.context_length, config.threads)
+        self.batcher = ContinuousBatcher(model, self.tokenizer, config.max_queue)
+
+    async def start(self) -> None:
+        return None
+
+    def render_chat(self, messages: list[dict]) -> str:
+        return self.chat_template.render(messages)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    async def generate(self, request_id: str, prompt: str | list[int],
+                       params: SamplingParams) -> AsyncIterator[GenerationOutput]:
+        """Outputs as they come; when the consumer is slow, the tokens that piled up arrive merged."""
+        prompt_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        sequence = self.batcher.submit(request_id, prompt_ids, params)
+        finished = False
+        try:
+            while not finished:
+                output = await sequence.events.get()
+                if output is None:
+                    return
+                while not sequence.events.empty():
+                    following = sequence.events.get_nowait()
+                    if following is None:
+                        finished = True
+                        break
+                    output = _merge(output, following)
+                finished = finished or output.finish_reason is not None
+                yield output
+        finally:
+            if not finished:
+                self.batcher.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        self.batcher.abort(request_id)
+
+    def stats(self) -> EngineStats:
+        batcher = self.batcher
+        return EngineStats(running=len(batcher.running), waiting=len(batcher.waiting), slots=batcher.model.slots,
+                           context_length=batcher.model.context_length,
+                           generated_tokens_total=batcher.generated_tokens_total, ready=True)
+
+    def shutdown(self) -> None:
+        self.batcher.shutdown()
+
+
+def _merge(first: GenerationOutput, second: GenerationOutput) -> GenerationOutput:
+    return GenerationOutput(
+        text=first.text + second.text, token_ids=first.token_ids + second.token_ids,
+        prompt_tokens=second.prompt_tokens, completion_tokens=second.completion_tokens,
+        finish_reason=second.finish_reason, logprobs=first.logprobs + second.logprobs,
+        queue_seconds=first.queue_seconds, replica_seconds=second.replica_seconds,
+    )
+
+
+async def collect(outputs: AsyncIterator[GenerationOutput]) -> GenerationOutput:
+    """All outputs of one request merged into one (for non-streaming responses and tests)."""
+    merged = None
+    async for output in outputs:
+        merged = output if merged is None else _merge(merged, output)
+    assert merged is not None, "an engine stream always yields at least one output"
+    return merged
+
+
+def run_sync(coroutine):
+    return asyncio.run(coroutine)
