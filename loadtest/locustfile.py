@@ -24,6 +24,7 @@ from loadtest.sse import error_message, mean_itl_ms, parse_stream, usage_problem
 from loadtest.workload import load_prompt_set, output_length_sampler
 
 VARIANT_HEADER = "x-quantserve-variant"
+IDLE_S = 0.2
 log = logging.getLogger("quantserve.loadtest")
 
 
@@ -114,10 +115,17 @@ class OpenAIUser(HttpUser):
     def shared(self) -> RunState:
         return self.environment.quantserve_run
 
-    def _pace(self) -> None:
-        arrivals = getattr(self.environment.shape_class, "arrivals", None)
+    def _ready(self) -> bool:
+        """Wait for the next arrival (rate mode); False when the plan is over or the request budget is spent."""
+        shape = self.environment.shape_class
+        arrivals = getattr(shape, "arrivals", None)
         if arrivals is not None:
             gevent.sleep(max(0.0, arrivals.take() - time.monotonic()))
+        plan_over = hasattr(shape, "state_now") and shape.state_now() is None
+        if plan_over or not self.shared.take_request():
+            gevent.sleep(IDLE_S)  # the runner stops this user within a second; do not spin until then
+            return False
+        return True
 
     def _new_record(self, endpoint: str, model: str, prompt_id: str, max_tokens: int) -> RequestRecord:
         shape = self.environment.shape_class
@@ -142,8 +150,7 @@ class OpenAIUser(HttpUser):
 class ChatStreamUser(OpenAIUser):
     @task
     def chat(self) -> None:
-        self._pace()
-        if not self.shared.take_request():
+        if not self._ready():
             return
         options = self.shared.options
         prompt = self.shared.rng.choice(self.shared.prompts)
@@ -193,8 +200,7 @@ class ChatStreamUser(OpenAIUser):
 class EmbeddingsUser(OpenAIUser):
     @task
     def embed(self) -> None:
-        self._pace()
-        if not self.shared.take_request():
+        if not self._ready():
             return
         model = self.shared.options.embedding_model
         prompt = self.shared.rng.choice(self.shared.prompts)

@@ -50,10 +50,10 @@ class SweepShape(LoadTestShape):
         return users_for(state.step, options.rate_users), SPAWN_RATE
 
     def state_now(self) -> StepState | None:
-        """The step and phase at this instant (ticks come once a second; records need the exact phase)."""
+        """The step and phase at this instant, None once the plan is over (ticks come only once a second)."""
         if self.steps is None:
             return self.current
-        return state_at(self.steps, self.get_run_time()) or self.current
+        return state_at(self.steps, self.get_run_time())
 
     def _enter(self, state: StepState | None) -> None:
         previous, self.current = self.current, state

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -124,3 +126,12 @@ def test_variant_selection_uses_the_servers_list():
     assert select_model_ids(available, "m", "a, c") == ["m:a", "m:c"]
     with pytest.raises(LoadtestError, match="no variants"):
         select_model_ids(available, "zzz", "all")
+
+
+def test_locust_side_imports_no_serving_code():
+    """The Locust process stays free of serving, Ray and httpx imports (gevent patching, start-up time)."""
+    code = ("import sys, locust, loadtest.locustfile, loadtest.shapes; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'serving', 'quantize', 'ray', 'httpx'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
