@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def _run(args: argparse.Namespace) -> None:
 
     try:
         sweep = sweep_from_args(args)
-        report = run_sweep(sweep, progress=print)
+        report = run_sweep(sweep, progress=functools.partial(print, flush=True))
     except (LoadtestError, ValueError) as exc:
         _fail(str(exc), 2)
     except RunFailed as exc:

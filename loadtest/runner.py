@@ -21,6 +21,14 @@ STOP_TIMEOUT_S = 60  # requests in flight when a step ends may finish within thi
 PROGRESS_EVERY_S = 5.0
 
 
+class StepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a step; carries the records the step wrote until then."""
+
+    def __init__(self, records: list[RequestRecord]) -> None:
+        super().__init__("interrupted")
+        self.records = records
+
+
 @dataclass(frozen=True)
 class StepSpec:
     """One Locust process: one model id at one load level."""
@@ -68,15 +76,20 @@ def run_step(step: StepSpec, progress: Callable[[str], None]) -> list[RequestRec
     step.folder.mkdir(parents=True, exist_ok=True)
     records_csv, log_path = step.folder / "records.csv", step.folder / "locust.log"
     deadline = time.monotonic() + step.warmup_s + step.duration_s + STOP_TIMEOUT_S + 60
+    interrupted = False
     with log_path.open("w") as log:
         process = subprocess.Popen(locust_command(step), stdout=log, stderr=subprocess.STDOUT, env=_locust_env())
         try:
             _wait(process, step, records_csv, deadline, progress)
+        except KeyboardInterrupt:
+            interrupted = True
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
     records = read_records(records_csv) if records_csv.exists() else []
+    if interrupted:
+        raise StepInterrupted(records)
     if process.returncode not in (0, -9) and not records:
         raise RuntimeError(f"Locust failed on {step.name} (exit {process.returncode}): {_tail(log_path)}")
     return records

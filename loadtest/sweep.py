@@ -107,8 +107,8 @@ def _run_steps(sweep: Sweep, model_ids: list[str], client: httpx.Client, progres
                 _check_target_alive(sweep, step, found, client)
     except (LoadtestError, RuntimeError) as exc:
         return records, str(exc)
-    except KeyboardInterrupt:
-        return records, "interrupted"
+    except KeyboardInterrupt as exc:
+        return records + getattr(exc, "records", []), "interrupted"
     return records, ""
 
 
