@@ -83,7 +83,11 @@ def quantize_gptq(base_dir: Path, out_dir: Path, spec: GptqBuild, hf_config: dic
     check_group_size(spec, hf_config)
     texts = load_calibration_texts(spec.calibration)
     gptqmodel = import_gptqmodel()
+    import gptqmodel.looper.loop_processor as loop_processor
     import torch
+
+    # GPTQModel writes per-layer logs to ./logs; keep them beside the build instead of in the caller's folder.
+    loop_processor._PROJECT_LOG_DIR = out_dir.parent / ".gptq-logs"
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)

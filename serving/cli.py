@@ -8,6 +8,7 @@ import sys
 from loadtest import cli as loadtest_cli
 from quantize import cli as quantize_cli
 from quantize.errors import QuantizeError
+from serving import serve_cli
 from serving.config import ConfigError
 
 USER_ERRORS = (QuantizeError, ConfigError)
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     quantize_cli.add_commands(subparsers)
     loadtest_cli.add_commands(subparsers)
+    serve_cli.add_commands(subparsers)
     return parser
 
 

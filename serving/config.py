@@ -96,6 +96,8 @@ class ServeSpec(StrictModel):
     num_gpus: float = Field(0, ge=0)
     max_batch_size: int = Field(8, ge=1, le=256, description="Sequences decoded together by one replica")
     max_queue: int = Field(64, ge=0, description="Requests waiting for a batch slot before 503")
+    max_context: int = Field(2048, ge=64, le=131072, description="KV-cache positions per sequence (prompt + output)")
+    threads: int = Field(1, ge=1, le=256, description="ONNX Runtime intra-op threads per replica")
     hardware_profile: str = Field("cpu-2vcpu", description="Key in loadtest/prices.yaml; sets $ per replica-hour")
     fallbacks: list[Name] = Field(default_factory=list, description="Variants of the same model to try, in order")
 

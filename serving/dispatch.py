@@ -1,0 +1,82 @@
+"""Which variant answers a request: name resolution, readiness, and fallbacks.
+
+Within a variant, Ray Serve's handle picks the replica (power of two choices on queue length). Across
+variants, the router tries the requested variant, then its `fallbacks` in order, skipping those with
+no live replica; a variant that answers "overloaded" passes the request on to the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from serving.catalog import ServedVariant
+from serving.protocol import ApiError
+
+logger = logging.getLogger("quantserve.router")
+PROBE_INTERVAL_SECONDS = 1.0
+PROBE_TIMEOUT_SECONDS = 2.0
+RETRY_AFTER_SECONDS = "2"
+
+
+@dataclass
+class VariantState:
+    variant: ServedVariant
+    handle: object  # a Ray Serve DeploymentHandle
+    ready: bool = False
+    stats: dict = field(default_factory=dict)
+
+
+class VariantDirectory:
+    def __init__(self, variants: list[ServedVariant], handles: dict[str, object]) -> None:
+        self.states = {v.id: VariantState(v, handles[v.id]) for v in variants}
+        self.defaults = {v.model: v.id for v in variants if v.is_default}
+        for variant in variants:  # a model whose default is not served answers with its first served variant
+            self.defaults.setdefault(variant.model, variant.id)
+
+    def resolve(self, name: str, kind: str) -> VariantState:
+        """`model` or `model:variant` -> its state; 404 for an unknown name, 400 for the wrong endpoint."""
+        variant_id = self.defaults.get(name, name)
+        state = self.states.get(variant_id)
+        if state is None:
+            raise ApiError(404, f"The model `{name}` does not exist. Known models: {', '.join(self.known_ids())}",
+                           param="model", code="model_not_found")
+        if state.variant.kind != kind:
+            raise ApiError(400, f"`{name}` is a {state.variant.kind} model and cannot serve this endpoint",
+                           param="model", code="wrong_model_kind")
+        return state
+
+    def known_ids(self) -> list[str]:
+        return sorted(self.defaults) + sorted(self.states)
+
+    def candidates(self, state: VariantState) -> list[VariantState]:
+        """The requested variant and its fallbacks that have a live replica, in order; 503 if none."""
+        chain = [state] + [self.states[f"{state.variant.model}:{name}"] for name in state.variant.fallbacks
+                           if f"{state.variant.model}:{name}" in self.states]
+        live = [candidate for candidate in chain if candidate.ready]
+        if not live:
+            raise ApiError(503, f"No healthy replica for `{state.variant.id}` or its fallbacks; retry shortly",
+                           code="no_healthy_replica", headers={"Retry-After": RETRY_AFTER_SECONDS})
+        return live
+
+    def all_ready(self) -> bool:
+        return all(state.ready for state in self.states.values())
+
+    async def probe_forever(self, on_change) -> None:
+        """Ask every variant's replicas for their stats; a variant with none answering is not ready."""
+        while True:
+            await asyncio.gather(*(self._probe(state, on_change) for state in self.states.values()))
+            await asyncio.sleep(PROBE_INTERVAL_SECONDS)
+
+    async def _probe(self, state: VariantState, on_change) -> None:
+        try:
+            state.stats = await asyncio.wait_for(state.handle.stats.remote(), PROBE_TIMEOUT_SECONDS)
+            ready = bool(state.stats.get("ready", True))
+        except Exception as exc:  # a dead or missing replica: any failure means not ready
+            logger.debug("probe of %s failed: %s", state.variant.id, exc)
+            ready = False
+        if ready != state.ready:
+            logger.info("variant %s is %s", state.variant.id, "ready" if ready else "NOT ready")
+            state.ready = ready
+            on_change(state)

@@ -1,0 +1,215 @@
+"""One chat or text completion as the router sees it: pick a variant, stream from its replica, measure.
+
+The variant is chosen before any byte is sent: the first output of each choice is awaited, so a
+refusal (prompt too long, replica overloaded) still becomes a proper HTTP error, and an overloaded
+variant hands the request to its fallback. After that, outputs stream through as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from serving import protocol as p
+from serving.dispatch import RETRY_AFTER_SECONDS, VariantDirectory, VariantState
+from serving.metrics import QuantserveMetrics, RequestLabels
+from serving.responses import ChunkWriter, chat_response, completion_response, sse
+
+logger = logging.getLogger("quantserve.router")
+CLIENT_CLOSED = 499
+
+
+class Generation:
+    def __init__(self, directory: VariantDirectory, state: VariantState, body, prompt: dict, chat: bool,
+                 endpoint: str, metrics: QuantserveMetrics) -> None:
+        self.directory, self.state, self.body, self.prompt, self.chat = directory, state, body, prompt, chat
+        self.endpoint, self.metrics = endpoint, metrics
+        self.request_id = p.new_id("chatcmpl" if chat else "cmpl")
+        self.arrival = time.monotonic()
+        self.answered: VariantState | None = None
+        self.streams: list = []
+        self.firsts: list[dict] = []
+        self.first_token_at: float | None = None
+        self.token_gaps: list[float] = []
+        self.last_token_at = self.arrival
+        self.final: dict[int, dict] = {}
+        variant = state.variant
+        self._in_flight = metrics.request_in_flight(RequestLabels(variant.model, variant.variant, variant.backend,
+                                                                  endpoint))
+        self._in_flight.__enter__()  # left in _record, once the response is complete (or failed)
+        self._recorded = False
+
+    # --- choosing the variant -------------------------------------------------------------------------
+
+    async def start(self) -> VariantState:
+        refusal = None
+        try:
+            candidates = self.directory.candidates(self.state)
+        except p.ApiError as exc:
+            self._record(exc.status, self.state)
+            raise
+        for candidate in candidates:
+            streams = [self._call(candidate, index) for index in range(self.body.n)]
+            try:
+                firsts = await asyncio.gather(*(anext(stream) for stream in streams))
+            except Exception as exc:  # the replica died or vanished: try the next variant
+                logger.warning("variant %s failed before its first output: %s", candidate.variant.id, exc)
+                self._cancel(streams)
+                candidate.ready = False
+                continue
+            errors = [first["error"] for first in firsts if "error" in first]
+            if not errors:
+                self.answered, self.streams, self.firsts = candidate, streams, firsts
+                return candidate
+            self._cancel(streams)
+            refusal = errors[0]
+            if refusal["status"] != 503:
+                self._record(refusal["status"], candidate)
+                raise p.ApiError(refusal["status"], refusal["message"], refusal["param"], refusal["code"])
+        self._record(503, self.state)
+        message = refusal["message"] if refusal else f"No healthy replica for `{self.state.variant.id}`"
+        raise p.ApiError(503, message, code="overloaded" if refusal else "no_healthy_replica",
+                         headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+    def _call(self, candidate: VariantState, index: int):
+        params = self.body.to_sampling_params()
+        if params["seed"] is not None and index:
+            params["seed"] += index  # n choices from one seed: reproducible, yet different
+        request = {"request_id": f"{self.request_id}-{index}-{uuid.uuid4().hex[:6]}", **self.prompt,
+                   "params": params}
+        return candidate.handle.options(stream=True).generate.remote(request)
+
+    @staticmethod
+    def _cancel(streams: list) -> None:
+        for stream in streams:
+            stream.cancel()
+
+    # --- consuming outputs ----------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[tuple[int, dict]]:
+        """(choice index, output) as they come, across all choices."""
+        if len(self.streams) == 1:
+            yield 0, self._observe(self.firsts[0])
+            async for output in self.streams[0]:
+                yield 0, self._observe(output)
+            return
+        queue: asyncio.Queue = asyncio.Queue()
+        pumps = [asyncio.create_task(self._pump(i, s, f, queue))
+                 for i, (s, f) in enumerate(zip(self.streams, self.firsts, strict=True))]
+        try:
+            remaining = len(pumps)
+            while remaining:
+                index, output = await queue.get()
+                if output is None:
+                    remaining -= 1
+                    continue
+                yield index, self._observe(output)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+
+    @staticmethod
+    async def _pump(index: int, stream, first: dict, queue: asyncio.Queue) -> None:
+        await queue.put((index, first))
+        async for output in stream:
+            await queue.put((index, output))
+        await queue.put((index, None))
+
+    def _observe(self, output: dict) -> dict:
+        if "error" in output:
+            return output
+        now, tokens = time.monotonic(), len(output["token_ids"])
+        if self.first_token_at is None:
+            self.first_token_at = now
+            tokens -= 1
+        elif tokens:
+            self.token_gaps.extend([(now - self.last_token_at) / tokens] * tokens)
+        self.last_token_at = now
+        return output
+
+    async def full_response(self):
+        outputs: dict[int, dict] = {}
+        try:
+            async for index, output in self.events():
+                if "error" in output:
+                    raise p.ApiError(output["error"]["status"], output["error"]["message"])
+                outputs[index] = _merge(outputs.get(index), output)
+        except BaseException as exc:
+            self._finish_on_exception(exc)
+            raise
+        self.final = outputs
+        self._record(200, self.answered)
+        ordered = [outputs[i] for i in sorted(outputs)]
+        model = self.body.model
+        if self.chat:
+            return chat_response(self.request_id, model, ordered)
+        echo = self.prompt["prompt"] if self.body.echo else ""
+        return completion_response(self.request_id, model, ordered, echo)
+
+    def _finish_on_exception(self, exc: BaseException) -> None:
+        self._cancel(self.streams)
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            self._record(CLIENT_CLOSED, self.answered)
+        elif isinstance(exc, p.ApiError):
+            self._record(exc.status, self.answered)
+        else:
+            self._record(500, self.answered)
+
+    # --- metrics --------------------------------------------------------------------------------------
+
+    def _record(self, status: int, state: VariantState | None) -> None:
+        if self._recorded:
+            return
+        self._recorded = True
+        self._in_flight.__exit__(None, None, None)
+        variant = (state or self.state).variant
+        labels = RequestLabels(variant.model, variant.variant, variant.backend, self.endpoint)
+        outputs = list(self.final.values())
+        first = self.firsts[0] if self.firsts and "error" not in self.firsts[0] else {}
+        self.metrics.record_request(
+            labels, status_code=status, e2e_seconds=time.monotonic() - self.arrival,
+            ttft_seconds=(self.first_token_at - self.arrival) if self.first_token_at else None,
+            inter_token_seconds=self.token_gaps, queue_wait_seconds=first.get("queue_seconds"),
+            prompt_tokens=first.get("prompt_tokens", 0),
+            generated_tokens=sum(o["completion_tokens"] for o in outputs),
+            replica_seconds=sum(o["replica_seconds"] for o in outputs), price_per_hour=variant.price_per_hour,
+        )
+
+
+def _merge(previous: dict | None, output: dict) -> dict:
+    if previous is None:
+        return dict(output)
+    merged = dict(output)
+    merged["text"] = previous["text"] + output["text"]
+    merged["token_ids"] = previous["token_ids"] + output["token_ids"]
+    merged["logprobs"] = previous["logprobs"] + output["logprobs"]
+    return merged
+
+
+async def stream_body(generation: Generation) -> AsyncIterator[bytes]:
+    """The SSE body: role chunks, one chunk per output, usage when asked for, [DONE]."""
+    body = generation.body
+    writer = ChunkWriter(generation.request_id, body.model, generation.chat, body.include_usage())
+    outputs: dict[int, dict] = {}
+    status = 200
+    try:
+        for chunk in writer.first(body.n):
+            yield chunk
+        async for index, output in generation.events():
+            if "error" in output:
+                status = output["error"]["status"]
+                yield sse(p.ApiError(status, output["error"]["message"]).body())
+                break
+            outputs[index] = _merge(outputs.get(index), output)
+            yield writer.chunk(index, output)
+        for chunk in writer.last():
+            yield chunk
+    except BaseException as exc:
+        generation.final = outputs
+        generation._finish_on_exception(exc)
+        raise
+    generation.final = outputs
+    generation._record(status, generation.answered)

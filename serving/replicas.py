@@ -1,0 +1,164 @@
+"""Ray Serve deployments that host engines: one deployment per served variant.
+
+A text replica exposes `generate` (streamed through a streaming handle) and `complete` (one merged
+result). Both take a plain dict request and answer plain dicts, so the router needs no engine types;
+a refused request answers `{"error": {...}}` as its only item, with the HTTP status to use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from ray import serve
+
+from serving.catalog import ServedVariant
+from serving.engines.base import EngineError, GenerationOutput, SamplingParams
+from serving.engines.chat_template import TemplateError
+
+logger = logging.getLogger("quantserve.replica")
+STATE_INTERVAL_SECONDS = 1.0
+
+
+def _output_dict(output: GenerationOutput) -> dict:
+    values = asdict(output)
+    values["logprobs"] = [asdict(item) for item in output.logprobs]
+    return values
+
+
+class ReplicaMetrics:
+    """Replica-level gauges and counters, refreshed from the engine's stats once a second."""
+
+    def __init__(self, variant: ServedVariant) -> None:
+        from serving.metrics import QuantserveMetrics, ReplicaLabels
+
+        replica_id = os.environ.get("QUANTSERVE_REPLICA_ID") or str(os.getpid())
+        try:
+            replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside Ray Serve (tests, benchmarks)
+            pass
+        self.metrics = QuantserveMetrics()
+        self.labels = ReplicaLabels(variant.model, variant.variant, variant.backend, replica_id)
+        self.metrics.replica_started(self.labels, variant.price_per_hour)
+        self.last_tokens = 0
+
+    def refresh(self, stats) -> None:
+        self.metrics.record_replica_state(self.labels, running=stats.running, waiting=stats.waiting,
+                                          slot_use_ratio=stats.running / max(stats.slots, 1))
+        delta, self.last_tokens = stats.generated_tokens_total - self.last_tokens, stats.generated_tokens_total
+        if delta:
+            self.metrics.record_replica_step(self.labels, generated_tokens=delta, step_seconds=0.0)
+
+
+class TextReplicaBase:
+    """Shared request handling; subclasses set `self.engine` (see serving.engines.base.TextEngine)."""
+
+    def __init__(self, variant: dict) -> None:
+        self.variant = ServedVariant.from_dict(variant)
+        self.engine = self.make_engine(self.variant)
+        self.metrics = ReplicaMetrics(self.variant)
+        self._state_task: asyncio.Task | None = None
+
+    def make_engine(self, variant: ServedVariant):
+        raise NotImplementedError
+
+    def _ensure_state_task(self) -> None:
+        if self._state_task is None:
+            self._state_task = asyncio.get_running_loop().create_task(self._publish_state())
+
+    async def _publish_state(self) -> None:
+        while True:
+            self.metrics.refresh(self.engine.stats())
+            await asyncio.sleep(STATE_INTERVAL_SECONDS)
+
+    def _prompt(self, request: dict) -> str:
+        if request.get("messages") is not None:
+            return self.engine.render_chat(request["messages"])
+        return request["prompt"]
+
+    async def generate(self, request: dict):
+        """Stream of output dicts; a refusal is one `{"error": ...}` item."""
+        self._ensure_state_task()
+        try:
+            prompt = self._prompt(request)
+            params = SamplingParams.from_dict(request["params"])
+            async for output in self.engine.generate(request["request_id"], prompt, params):
+                yield _output_dict(output)
+        except EngineError as exc:
+            yield {"error": exc.to_dict()}
+        except TemplateError as exc:
+            yield {"error": EngineError(400, str(exc), param="messages").to_dict()}
+
+    async def complete(self, request: dict) -> dict:
+        merged: dict | None = None
+        async for item in self.generate(request):
+            if "error" in item:
+                return item
+            merged = item if merged is None else _merge_dicts(merged, item)
+        return merged or {"error": EngineError(500, "the engine produced no output").to_dict()}
+
+    async def stats(self) -> dict:
+        self._ensure_state_task()
+        return asdict(self.engine.stats())
+
+    def check_health(self) -> None:
+        if not self.engine.stats().ready:
+            raise RuntimeError("engine not ready")
+
+    def __del__(self) -> None:
+        from serving.metrics import mark_process_dead
+
+        mark_process_dead()
+
+
+def _merge_dicts(first: dict, second: dict) -> dict:
+    merged = dict(second)
+    merged["text"] = first["text"] + second["text"]
+    merged["token_ids"] = first["token_ids"] + second["token_ids"]
+    merged["logprobs"] = first["logprobs"] + second["logprobs"]
+    merged["queue_seconds"] = first["queue_seconds"]
+    return merged
+
+
+@serve.deployment(max_ongoing_requests=256, health_check_period_s=5)
+class OnnxTextReplica(TextReplicaBase):
+    def make_engine(self, variant: ServedVariant):
+        from serving.engines.onnx_engine import OnnxEngine, OnnxEngineConfig
+
+        logger.info("loading %s from %s", variant.id, variant.folder)
+        return OnnxEngine(OnnxEngineConfig(Path(variant.folder), variant.max_batch_size, variant.max_queue,
+                                           variant.max_context, variant.threads))
+
+
+@serve.deployment(max_ongoing_requests=256, health_check_period_s=5)
+class EmbeddingReplica:
+    """Sentence embeddings; concurrent requests are batched into one forward pass by `@serve.batch`."""
+
+    def __init__(self, variant: dict) -> None:
+        from quantize.embedding import OnnxEmbedder
+
+        self.variant = ServedVariant.from_dict(variant)
+        self.embedder = OnnxEmbedder(Path(self.variant.folder), threads=self.variant.threads)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _embed_batch(self, batches: list[list[str]]) -> list[dict]:
+        texts = [text for batch in batches for text in batch]
+        vectors, tokens = await asyncio.to_thread(self.embedder.embed, texts)
+        results, start = [], 0
+        for batch in batches:
+            end = start + len(batch)
+            results.append({"vectors": vectors[start:end].tolist(), "tokens": tokens[start:end]})
+            start = end
+        return results
+
+    async def embed(self, texts: list[str]) -> dict:
+        return await self._embed_batch(texts)
+
+    async def stats(self) -> dict:
+        return {"running": 0, "waiting": 0, "slots": 1, "ready": True, "dimensions": self.embedder.dimensions}
+
+    def check_health(self) -> None:
+        return None

@@ -1,0 +1,104 @@
+"""Engine output dicts -> OpenAI response objects and server-sent events. Only the router formats SSE."""
+
+from __future__ import annotations
+
+import json
+
+from serving import protocol as p
+
+
+def sse(payload: dict | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+SSE_DONE = sse("[DONE]")
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> p.Usage:
+    return p.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=prompt_tokens + completion_tokens)
+
+
+def chat_logprobs(items: list[dict]) -> p.ChoiceLogprobs | None:
+    if not items:
+        return None
+    return p.ChoiceLogprobs(content=[
+        p.TokenLogprob(token=i["token"], logprob=i["logprob"], bytes=list(i["token"].encode()),
+                       top_logprobs=[p.TopLogprob(token=t, logprob=lp, bytes=list(t.encode())) for t, lp in i["top"]])
+        for i in items
+    ])
+
+
+def completion_logprobs(items: list[dict], offset: int) -> p.CompletionLogprobs | None:
+    if not items:
+        return None
+    offsets, position = [], offset
+    for item in items:
+        offsets.append(position)
+        position += len(item["token"])
+    return p.CompletionLogprobs(tokens=[i["token"] for i in items], token_logprobs=[i["logprob"] for i in items],
+                                top_logprobs=[dict(i["top"]) for i in items], text_offset=offsets)
+
+
+def chat_response(request_id: str, model: str, outputs: list[dict]) -> p.ChatCompletionResponse:
+    choices = [p.ChatChoice(index=i, message=p.ChatResponseMessage(content=o["text"]),
+                            finish_reason=o["finish_reason"], logprobs=chat_logprobs(o["logprobs"]))
+               for i, o in enumerate(outputs)]
+    return p.ChatCompletionResponse(id=request_id, created=p.now(), model=model, choices=choices,
+                                    usage=usage(outputs[0]["prompt_tokens"],
+                                                sum(o["completion_tokens"] for o in outputs)))
+
+
+def completion_response(request_id: str, model: str, outputs: list[dict], echo: str) -> p.CompletionResponse:
+    choices = [p.CompletionChoice(index=i, text=echo + o["text"], finish_reason=o["finish_reason"],
+                                  logprobs=completion_logprobs(o["logprobs"], len(echo)))
+               for i, o in enumerate(outputs)]
+    return p.CompletionResponse(id=request_id, created=p.now(), model=model, choices=choices,
+                                usage=usage(outputs[0]["prompt_tokens"],
+                                            sum(o["completion_tokens"] for o in outputs)))
+
+
+class ChunkWriter:
+    """Turns a stream of (choice index, output dict) into SSE chunks for chat or text completions."""
+
+    def __init__(self, request_id: str, model: str, chat: bool, include_usage: bool) -> None:
+        self.request_id, self.model, self.chat, self.include_usage = request_id, model, chat, include_usage
+        self.created = p.now()
+        self.prompt_tokens = 0
+        self.completion_tokens: dict[int, int] = {}
+
+    def first(self, n: int) -> list[bytes]:
+        """Chat streams open with the assistant role, one chunk per choice."""
+        if not self.chat:
+            return []
+        return [self._chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(role="assistant", content=""))])
+                for i in range(n)]
+
+    def chunk(self, index: int, output: dict) -> bytes:
+        self.prompt_tokens = output["prompt_tokens"]
+        self.completion_tokens[index] = output["completion_tokens"]
+        if self.chat:
+            choice = p.ChatChunkChoice(index=index, delta=p.ChatDelta(content=output["text"]),
+                                       finish_reason=output["finish_reason"],
+                                       logprobs=chat_logprobs(output["logprobs"]))
+        else:
+            choice = p.CompletionChoice(index=index, text=output["text"], finish_reason=output["finish_reason"],
+                                        logprobs=completion_logprobs(output["logprobs"], 0))
+        return self._chunk([choice])
+
+    def last(self) -> list[bytes]:
+        """The usage chunk (when asked for, with empty choices, as OpenAI sends it) and [DONE]."""
+        tail = []
+        if self.include_usage:
+            tail.append(self._chunk([], usage(self.prompt_tokens, sum(self.completion_tokens.values()))))
+        return [*tail, SSE_DONE]
+
+    def _chunk(self, choices: list, chunk_usage: p.Usage | None = None) -> bytes:
+        if self.chat:
+            body = p.ChatCompletionChunk(id=self.request_id, created=self.created, model=self.model,
+                                         choices=choices, usage=chunk_usage)
+        else:
+            body = p.CompletionResponse(id=self.request_id, created=self.created, model=self.model,
+                                        choices=choices, usage=chunk_usage)
+        return sse(body.model_dump())
