@@ -22,7 +22,7 @@ BIN := $(VENV)/bin
 STAMP := .stamps/install-$(DEPS_HASH)
 MODELS_CACHE := $(QS_CACHE)/models
 
-.PHONY: install variants demo test lint clean distclean
+.PHONY: install system-deps variants demo serve test lint helm-sync helm-lint clean distclean
 .DEFAULT_GOAL := demo
 
 install: $(STAMP)
@@ -47,22 +47,44 @@ $(STAMP): pyproject.toml
 	@rm -f .stamps/install-*; touch $@
 	@echo "==> environment ready: $(VENV) -> $(VENV_DIR)"
 
+# Real parts the tests drive: Prometheus (+ promtool) and headless Chromium, from Debian packages.
+system-deps:
+	@missing=""; command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "==> installing Debian packages:$$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
 variants: install
 	$(BIN)/quantserve quantize build
 
 demo: variants
 	@echo "==> variants of every model (also: $(BIN)/quantserve quantize list)"
 	$(BIN)/quantserve quantize list
+	$(BIN)/python -m loadtest.demo
 
-test: install
+serve: variants
+	$(BIN)/quantserve serve
+
+test: install system-deps
 	$(BIN)/python -m pytest
+
+helm-sync: install
+	$(BIN)/python helm/sync_values.py
+
+helm-lint: install
+	$(BIN)/python helm/sync_values.py --check
+	$(BIN)/python -m pytest -q tests/test_helm_chart.py tests/test_serve_config.py
 
 lint: install
 	$(BIN)/ruff check quantize serving loadtest tests
 
 clean:
 	rm -rf .stamps reports .pytest_cache .ruff_cache
-	rm -f $(VENV) models
+	@# .venv and models are links into $(QS_CACHE) (removed by distclean); a real models folder stays
+	@for link in $(VENV) models; do [ ! -L $$link ] || rm $$link; done
 
 distclean: clean
 	rm -rf $(QS_CACHE)

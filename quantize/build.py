@@ -8,6 +8,8 @@ leaves a variant listed whose files are incomplete; leftovers are removed by the
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -30,8 +32,8 @@ from quantize.manifest import (
 from quantize.source import check_causal_lm_folder, materialize_base, resolve_source, source_fingerprint
 from serving.config import EmbeddingOnnxBuild, GptqBuild, ModelConfig, OnnxBuild, QuantserveConfig, VariantConfig
 
-# Bump when a builder's output changes for the same inputs, so cached variants are rebuilt.
-BUILD_CODE_VERSION = 1
+# Bump a method's number when its output changes for the same inputs, so cached variants are rebuilt.
+BUILD_CODE_VERSIONS = {"base": 1, "onnx": 1, "gptq": 2, "embedding-onnx": 1}
 TRACKED_LIBRARIES = ("onnxruntime", "onnxruntime-genai", "gptqmodel", "transformers", "torch", "onnx")
 BASE_VARIANT = "base"
 
@@ -57,7 +59,9 @@ def ensure_writable(folder: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise QuantizeError(f"output folder {folder} is not writable ({exc.strerror}); set models_dir in the config") from None
+        raise QuantizeError(
+            f"output folder {folder} is not writable ({exc.strerror}); set models_dir in the config"
+        ) from None
 
 
 def clean_leftovers(model_dir: Path) -> None:
@@ -102,8 +106,8 @@ class ModelBuild:
         return self.dir / ".cache"
 
     def input_hash(self, variant: VariantConfig) -> str:
-        return json_hash({"source": self.source_sha, "build": variant.build.model_dump(), "code": BUILD_CODE_VERSION,
-                          "libraries": self.versions})
+        return json_hash({"source": self.source_sha, "build": variant.build.model_dump(),
+                          "code": BUILD_CODE_VERSIONS[variant.build.method], "libraries": self.versions})
 
     def is_current(self, variant: VariantConfig) -> bool:
         record = self.manifest.variants.get(variant.name)
@@ -126,25 +130,50 @@ class ModelBuild:
 
 
 def prepare_base(config: QuantserveConfig, model: ModelConfig) -> Path:
-    """The Hugging Face folder every variant of a chat model is built from."""
+    """The Hugging Face folder every variant of a chat model is built from (`quantserve quantize base`)."""
+    with build_lock(model_dir_for(config, model)):
+        clean_leftovers(model_dir_for(config, model))
+        return _prepare_base(config, model)
+
+
+def _prepare_base(config: QuantserveConfig, model: ModelConfig) -> Path:
     if model.kind == "embedding":
         return resolve_source(model.source)
     model_dir = model_dir_for(config, model)
-    ensure_writable(model_dir)
-    clean_leftovers(model_dir)
     print(f"{model.name}: preparing the base model from {model.source}", flush=True)
     base_dir = materialize_base(model.source, model_dir / BASE_VARIANT, model_dir)
     check_causal_lm_folder(base_dir)
     return base_dir
 
 
+@contextlib.contextmanager
+def build_lock(model_dir: Path):
+    """One build of a model at a time (a second waits): builds clean each other's temp folders otherwise."""
+    ensure_writable(model_dir)
+    with (model_dir / ".build.lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{model_dir}: another build is running; waiting for it", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def build_model(config: QuantserveConfig, model: ModelConfig, variant_names: str = "all",
                 force: bool = False) -> ModelManifest:
     variants = select_variants(model, variant_names)
+    with build_lock(model_dir_for(config, model)):
+        return _build_model(config, model, variants, force)
+
+
+def _build_model(config: QuantserveConfig, model: ModelConfig, variants: list[VariantConfig],
+                 force: bool) -> ModelManifest:
     state = ModelBuild(config, model)
-    base_dir = prepare_base(config, model)
+    base_dir = _prepare_base(config, model)
     if model.kind == "chat":
         _describe_chat_model(state, base_dir)
+    else:
+        _describe_encoder(state, base_dir)
     for variant in variants:
         if not force and state.is_current(variant):
             print(f"{model.name}:{variant.name}: up to date (inputs unchanged), skipped", flush=True)
@@ -160,7 +189,7 @@ def _describe_chat_model(state: ModelBuild, base_dir: Path) -> None:
     manifest.architecture = (hf_config.get("architectures") or [hf_config["model_type"]])[0]
     manifest.context_length = int(hf_config.get("max_position_embeddings", 0))
     manifest.parameters = _parameter_count(base_dir)
-    base_hash = json_hash({"source": state.source_sha, "code": BUILD_CODE_VERSION})
+    base_hash = json_hash({"source": state.source_sha, "code": BUILD_CODE_VERSIONS["base"]})
     current = manifest.variants.get(BASE_VARIANT)
     if current is not None and current.input_hash == base_hash:
         return
@@ -176,6 +205,14 @@ def _describe_chat_model(state: ModelBuild, base_dir: Path) -> None:
         quality=quality, notes="Hugging Face folder every variant is built from",
     )
     write_manifest(state.dir, manifest)
+
+
+def _describe_encoder(state: ModelBuild, source_dir: Path) -> None:
+    hf_config = json.loads((source_dir / "config.json").read_text())
+    state.manifest.architecture = (hf_config.get("architectures") or [hf_config.get("model_type", "")])[0]
+    state.manifest.context_length = int(hf_config.get("max_position_embeddings", 0))
+    state.manifest.parameters = _parameter_count(source_dir)
+    write_manifest(state.dir, state.manifest)
 
 
 def _parameter_count(base_dir: Path) -> int:
@@ -267,8 +304,13 @@ def _evaluate(state: ModelBuild, base_dir: Path, variant: VariantConfig, folder:
 
 def evaluate_model(config: QuantserveConfig, model: ModelConfig, variant_names: str = "all") -> ModelManifest:
     """Recompute quality for built variants and update their records."""
+    with build_lock(model_dir_for(config, model)):
+        return _evaluate_model(config, model, variant_names)
+
+
+def _evaluate_model(config: QuantserveConfig, model: ModelConfig, variant_names: str) -> ModelManifest:
     state = ModelBuild(config, model)
-    base_dir = prepare_base(config, model) if model.kind == "chat" else state.source_path
+    base_dir = _prepare_base(config, model)
     for variant in select_variants(model, variant_names):
         record = state.manifest.variants.get(variant.name)
         if record is None:

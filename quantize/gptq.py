@@ -21,7 +21,7 @@ DATA_DIR = Path(__file__).parent / "data"
 
 
 def load_calibration_texts(spec: CalibrationSpec) -> list[str]:
-    """Paragraphs of the calibration file (blank-line separated), cycled up to `samples`."""
+    """Paragraphs of the calibration file (blank-line separated)."""
     path = DATA_DIR / spec.file.removeprefix("builtin:") if spec.file.startswith("builtin:") else Path(spec.file)
     try:
         text = path.read_text(encoding="utf-8")
@@ -30,7 +30,25 @@ def load_calibration_texts(spec: CalibrationSpec) -> list[str]:
     paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
     if not paragraphs:
         raise QuantizeError(f"calibration file {path} is empty; give it text paragraphs separated by blank lines")
-    return [paragraphs[i % len(paragraphs)] for i in range(spec.samples)]
+    return paragraphs
+
+
+def calibration_samples(paragraphs: list[str], tokenizer, spec: CalibrationSpec) -> list[dict]:
+    """`samples` token windows of `max_tokens`: sample i is paragraphs i, i+1, ... (cycling) joined and cut.
+
+    Short paragraphs alone would give GPTQ few tokens per sample; joining them fills each window.
+    """
+    encoded = [tokenizer(p + "\n\n", add_special_tokens=False)["input_ids"] for p in paragraphs]
+    samples = []
+    for start in range(spec.samples):
+        ids: list[int] = []
+        index = start
+        while len(ids) < spec.max_tokens and index < start + len(encoded):
+            ids.extend(encoded[index % len(encoded)])
+            index += 1
+        ids = ids[: spec.max_tokens]
+        samples.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
+    return samples
 
 
 @contextlib.contextmanager
@@ -91,11 +109,7 @@ def quantize_gptq(base_dir: Path, out_dir: Path, spec: GptqBuild, hf_config: dic
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    calibration = [
-        tokenizer(text, truncation=True, max_length=spec.calibration.max_tokens, add_special_tokens=False)
-        for text in texts
-    ]
-    calibration = [{"input_ids": c["input_ids"], "attention_mask": c["attention_mask"]} for c in calibration]
+    calibration = calibration_samples(texts, tokenizer, spec.calibration)
     config = gptqmodel.QuantizeConfig(
         bits=spec.bits, group_size=spec.group_size, desc_act=spec.desc_act, damp_percent=spec.damp_percent
     )
@@ -104,6 +118,7 @@ def quantize_gptq(base_dir: Path, out_dir: Path, spec: GptqBuild, hf_config: dic
     model.quantize(calibration, batch_size=1)
     model.save(str(out_dir))
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
-        if (base_dir / name).is_file():  # the base's files: the tokenizer above was left with truncation on
+        if (base_dir / name).is_file():
             shutil.copy2(base_dir / name, out_dir / name)
-    return {"calibration_samples": len(calibration), "calibration_tokens": sum(len(c["input_ids"]) for c in calibration)}
+    tokens = sum(len(c["input_ids"]) for c in calibration)
+    return {"calibration_samples": len(calibration), "calibration_tokens": tokens}

@@ -10,7 +10,6 @@ Needs the `prometheus` binary (Debian package `prometheus`); `make test` install
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import httpx
 import yaml
+
+from serving.launcher import free_port  # noqa: F401 - re-exported for the metrics tests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RULES_FILE = REPO_ROOT / "helm" / "quantserve" / "files" / "prometheus-rules.yaml"
@@ -31,12 +32,6 @@ def require_binary(name: str) -> str:
     if path is None:
         raise RuntimeError(f"`{name}` is not on PATH: {INSTALL_HINT}")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PrometheusServer:

@@ -5,11 +5,7 @@ import shutil
 
 import pytest
 import yaml
-
-pytest.importorskip("helm_python", reason="dev extra: helm-python-sdk")
-pytest.importorskip("kubernetes_validate", reason="dev extra: kubernetes-validate")
-
-from helm_tools import (  # noqa: E402
+from helm_tools import (
     CHART,
     EVERYTHING_ON,
     PROFILES,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from loadtest.report import FILES
 from serving.config import load_config
+from serving.launcher import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = load_config(REPO / "quantserve.yaml")
@@ -45,12 +45,6 @@ def two_variants(served_ids) -> list[str]:
 def quantserve(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "serving.cli", "loadtest", *args]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -1,0 +1,89 @@
+"""Session fixtures: the embedded model's variants (built once, cached under models/) and the real
+application serving them on an ephemeral loopback port."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serving.launcher import AppStartError, running_app
+
+REPO = Path(__file__).resolve().parent.parent
+QUANTSERVE = [sys.executable, "-m", "serving.cli"]
+BUILD_TIMEOUT_SECONDS = 1800
+
+
+def run_quantserve(*args: str, timeout: float = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([*QUANTSERVE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def built_models() -> Path:
+    """Every variant of quantserve.yaml, built (or found up to date) by the real CLI. Returns models_dir."""
+    log = REPO / "models" / ".test-build.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as handle:
+        result = subprocess.run([*QUANTSERVE, "quantize", "build"], cwd=REPO, stdout=handle,
+                                stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_SECONDS)
+    if result.returncode != 0:
+        pytest.fail(f"quantserve quantize build failed; last lines:\n{log.read_text()[-3000:]}")
+    return (REPO / "models").resolve()
+
+
+def serving_test_config(models_dir: Path) -> dict:
+    """quantserve.yaml, adjusted so that tests can see fallbacks and a variant without replicas.
+
+    - smollm2-135m:onnx-int8 has no replica and falls back to onnx-int4 (the fallback path);
+    - smollm2-135m:gptq-int4 has no replica and no fallback (the 503 path);
+    - minilm-l6-v2:onnx-fp32 has no replica (embeddings answer from onnx-int8).
+    Contexts are shortened to keep KV buffers small.
+    """
+    config = yaml.safe_load((REPO / "quantserve.yaml").read_text())
+    config["models_dir"] = str(models_dir)
+    overrides = {
+        ("smollm2-135m", "onnx-int8"): {"replicas": 0, "fallbacks": ["onnx-int4"]},
+        ("smollm2-135m", "gptq-int4"): {"replicas": 0, "fallbacks": []},
+        ("minilm-l6-v2", "onnx-fp32"): {"replicas": 0},
+    }
+    for model in config["models"]:
+        for variant in model["variants"]:
+            serve = variant.setdefault("serve", {})
+            serve.update(overrides.get((model["name"], variant["name"]), {}))
+            if model["kind"] == "chat":
+                serve["max_context"] = 1024
+                serve["max_batch_size"] = 4
+    return config
+
+
+LIVE_VARIANTS = ["smollm2-135m:onnx-fp32", "smollm2-135m:onnx-int4", "minilm-l6-v2:onnx-int8"]
+
+
+@pytest.fixture(scope="session")
+def serving_app(built_models: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Base URL of the real application (Ray Serve on 127.0.0.1, an ephemeral port)."""
+    folder = tmp_path_factory.mktemp("serving-app")
+    config_path = folder / "quantserve.yaml"
+    config_path.write_text(yaml.safe_dump(serving_test_config(built_models)))
+    try:
+        with running_app(config_path, folder / "serve.log", variants=LIVE_VARIANTS, cwd=REPO) as app:
+            yield app.url
+    except AppStartError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def openai_client(serving_app: str):
+    import openai
+
+    return openai.OpenAI(base_url=f"{serving_app}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def async_openai_client(serving_app: str):
+    import openai
+
+    return openai.AsyncOpenAI(base_url=f"{serving_app}/v1", api_key="unused", max_retries=0, timeout=120)

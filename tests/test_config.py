@@ -1,0 +1,48 @@
+"""The one config model: the shipped file parses, and mistakes are reported on one line with their place."""
+
+import pytest
+import yaml
+
+from serving.config import ConfigError, load_config, parse_config
+
+BASE = {"models": [{"name": "m", "source": "x.gguf", "default_variant": "a",
+                    "variants": [{"name": "a", "build": {"method": "onnx", "precision": "int4"}}]}]}
+
+
+def with_variant(**changes) -> dict:
+    config = yaml.safe_load(yaml.safe_dump(BASE))
+    config["models"][0]["variants"][0].update(changes)
+    return config
+
+
+def test_the_shipped_config_parses():
+    config = load_config("quantserve.yaml")
+    chat = config.model("smollm2-135m")
+    assert chat.default_variant in [v.name for v in chat.variants]
+    assert {v.build.method for v in chat.variants} == {"onnx", "gptq"}
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (with_variant(build={"method": "onnx", "precision": "int4", "block_size": 48}), "power of two"),
+        (with_variant(build={"method": "onnx", "precision": "int3"}), "precision"),
+        (with_variant(build={"method": "quux"}), "method"),
+        (with_variant(serve={"fallbacks": ["nope"]}), "falls back to unknown 'nope'"),
+        (with_variant(serve={"replicas": -1}), "replicas"),
+        (with_variant(serve={"autoscaling": {"min_replicas": 3, "max_replicas": 1}}), "exceeds max_replicas"),
+        (with_variant(colour="blue"), "colour"),
+        ({**BASE, "models": [{**BASE["models"][0], "default_variant": "zz"}]}, "default_variant 'zz'"),
+    ],
+)
+def test_mistakes_are_one_line_and_name_the_problem(config, expected):
+    with pytest.raises(ConfigError) as error:
+        parse_config(config, origin="test.yaml")
+    message = str(error.value)
+    assert expected in message
+    assert "\n" not in message and message.startswith("test.yaml: ")
+
+
+def test_a_missing_file_says_how_to_point_at_another(tmp_path):
+    with pytest.raises(ConfigError, match="not found; pass --config"):
+        load_config(tmp_path / "absent.yaml")
