@@ -143,7 +143,46 @@ def _prepare_base(config: QuantserveConfig, model: ModelConfig) -> Path:
     print(f"{model.name}: preparing the base model from {model.source}", flush=True)
     base_dir = materialize_base(model.source, model_dir / BASE_VARIANT, model_dir)
     check_causal_lm_folder(base_dir)
+    if base_dir != model_dir / BASE_VARIANT:
+        base_dir = _copy_base(base_dir, model_dir)
     return base_dir
+
+
+def _copy_base(source: Path, model_dir: Path) -> Path:
+    """A local folder source is copied to `base/`, so that the manifest's base record names files in models_dir
+    (and models_dir alone holds everything serving needs). Kept when every file has the source's size and mtime."""
+    target, tmp = model_dir / BASE_VARIANT, model_dir / f".tmp-{BASE_VARIANT}"
+    files = [f for f in source.iterdir() if f.is_file()]
+    if target.is_dir() and all(_same_file(f, target / f.name) for f in files):
+        return target
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for file in files:
+        shutil.copy2(file, tmp / file.name)
+    if target.exists():
+        target.rename(model_dir / f".old-{BASE_VARIANT}")
+    tmp.rename(target)
+    shutil.rmtree(model_dir / f".old-{BASE_VARIANT}", ignore_errors=True)
+    return target
+
+
+def _same_file(source: Path, copy: Path) -> bool:
+    if not copy.is_file():
+        return False
+    a, b = source.stat(), copy.stat()
+    return a.st_size == b.st_size and a.st_mtime_ns == b.st_mtime_ns
+
+
+def check_inputs(model: ModelConfig, variants: list[VariantConfig]) -> None:
+    """Errors the user can fix, raised before any folder or manifest is written and before any slow step."""
+    source = resolve_source(model.source)
+    if model.kind == "chat" and source.is_dir():
+        check_causal_lm_folder(source)
+    for variant in variants:
+        if isinstance(variant.build, GptqBuild):
+            from quantize.gptq import load_calibration_texts
+
+            load_calibration_texts(variant.build.calibration)
 
 
 @contextlib.contextmanager
@@ -162,6 +201,7 @@ def build_lock(model_dir: Path):
 def build_model(config: QuantserveConfig, model: ModelConfig, variant_names: str = "all",
                 force: bool = False) -> ModelManifest:
     variants = select_variants(model, variant_names)
+    check_inputs(model, variants)
     with build_lock(model_dir_for(config, model)):
         return _build_model(config, model, variants, force)
 
