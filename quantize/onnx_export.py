@@ -43,7 +43,8 @@ def run_builder(hf_dir: Path, weights_dir: Path, out_dir: Path, precision: str, 
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(hf_dir), "-i", str(weights_dir),
                "-o", str(out_dir), "-p", precision, "-e", "cpu", "-c", str(cache_dir), *extra]
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir.parent / f".{out_dir.name}.builder.log"
+    # A `.tmp-` name: the next build's clean-up removes the log of an interrupted one.
+    log_path = out_dir.parent / f".tmp-builder-{out_dir.name.lstrip('.')}.log"
     started = time.monotonic()
     with log_path.open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
