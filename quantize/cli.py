@@ -30,7 +30,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="quantserve.yaml", help="quantserve config file (default: %(default)s)")
-    parser.add_argument("--model", metavar="PATH", help="a local Hugging Face causal-LM folder (or .gguf) to use instead")
+    parser.add_argument("--model", metavar="PATH",
+                        help="a local Hugging Face causal-LM folder (or .gguf) to use instead")
     parser.add_argument("--name", help="model name for --model (default: the folder name)")
     parser.add_argument("--models", default="all", help="comma-separated model names from the config, or 'all'")
 

@@ -107,14 +107,16 @@ def build_reference(base_dir: Path, cache_path: Path, source_sha: str) -> tuple[
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), max_new_tokens=CONTINUATION_TOKENS, min_new_tokens=CONTINUATION_TOKENS,
-                                 do_sample=False, pad_token_id=tokenizer.eos_token_id)
+            out = model.generate(torch.tensor([ids]), max_new_tokens=CONTINUATION_TOKENS,
+                                 min_new_tokens=CONTINUATION_TOKENS, do_sample=False,
+                                 pad_token_id=tokenizer.eos_token_id)
         prompts.append(ids)
         continuations.append(out[0, len(ids) :].tolist())
     logits_fn = torch_logits_fn(model)
     predictions = [teacher_forced_predictions(p, c, logits_fn) for p, c in zip(prompts, continuations, strict=True)]
     reference = Reference(prompts, continuations, predictions)
-    ppl, count = windowed_perplexity(tokenizer(heldout_text(), add_special_tokens=False)["input_ids"], logits_fn, "base")
+    heldout_ids = tokenizer(heldout_text(), add_special_tokens=False)["input_ids"]
+    ppl, count = windowed_perplexity(heldout_ids, logits_fn, "base")
     quality = Quality(perplexity=ppl, eval_tokens=count, greedy_agreement=greedy_agreement(reference, logits_fn))
     payload = {"source_sha256": source_sha, "prompts": prompts, "continuations": continuations,
                "base_predictions": predictions, "quality": quality.model_dump()}
@@ -140,7 +142,8 @@ def onnx_logits_fn(onnx_dir: Path):
     }
 
     def logits_fn(ids: list[int]) -> np.ndarray:
-        feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64), **empty_past}
+        feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64),
+                **empty_past}
         return session.run(["logits"], feed)[0][0]
 
     return logits_fn

@@ -75,7 +75,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def file_records(folder: Path) -> list[FileRecord]:
     records = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        records.append(FileRecord(path=str(path.relative_to(folder)), bytes=path.stat().st_size, sha256=sha256_file(path)))
+        relative = str(path.relative_to(folder))
+        records.append(FileRecord(path=relative, bytes=path.stat().st_size, sha256=sha256_file(path)))
     return records
 
 

@@ -30,7 +30,9 @@ def resolve_source(source: str) -> Path:
     else:
         path = Path(source).expanduser()
     if not path.exists():
-        raise QuantizeError(f"model source {path} does not exist; pass --model with a Hugging Face folder or .gguf file")
+        raise QuantizeError(
+            f"model source {path} does not exist; pass --model with a Hugging Face folder or .gguf file"
+        )
     return path
 
 

@@ -125,7 +125,9 @@ class ModelConfig(StrictModel):
         for variant in self.variants:
             for fallback in variant.serve.fallbacks:
                 if fallback not in names or fallback == variant.name:
-                    raise ValueError(f"model {self.name!r}: variant {variant.name!r} falls back to unknown {fallback!r}")
+                    raise ValueError(
+                        f"model {self.name!r}: variant {variant.name!r} falls back to unknown {fallback!r}"
+                    )
             embedding_build = isinstance(variant.build, EmbeddingOnnxBuild)
             if embedding_build != (self.kind == "embedding"):
                 raise ValueError(f"model {self.name!r}: variant {variant.name!r} build does not fit kind {self.kind!r}")

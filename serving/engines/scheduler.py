@@ -105,7 +105,7 @@ class ContinuousBatcher:
                     return
                 admitted = self._take_admissions()
                 aborted, self.aborted = self.aborted, set()
-            self._drop(lambda s: s.request_id in aborted, publish=False)
+            self._drop(lambda s, gone=aborted: s.request_id in gone, publish=False)
             for sequence in admitted:
                 if sequence.request_id in aborted:
                     continue
@@ -176,7 +176,8 @@ class ContinuousBatcher:
         values = log_softmax(logits)
         top = np.argsort(-values)[: sequence.params.logprobs] if sequence.params.logprobs else []
         decode = self.tokenizer.id_to_token
-        return [TokenLogprob(decode(token), float(values[token]), tuple((decode(int(t)), float(values[t])) for t in top))]
+        alternatives = tuple((decode(int(t)), float(values[t])) for t in top)
+        return [TokenLogprob(decode(token), float(values[token]), alternatives)]
 
     def _drop(self, leaving, publish: bool) -> None:
         """Remove sequences for which `leaving` is true; keep the rest packed in slots 0..n-1."""
