@@ -8,6 +8,7 @@ a refused request answers `{"error": {...}}` as its only item, with the HTTP sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from dataclasses import asdict
@@ -36,10 +37,8 @@ class ReplicaMetrics:
         from serving.metrics import QuantserveMetrics, ReplicaLabels
 
         replica_id = os.environ.get("QUANTSERVE_REPLICA_ID") or str(os.getpid())
-        try:
+        with contextlib.suppress(Exception):  # outside Ray Serve (tests, benchmarks) there is no context
             replica_id = serve.get_replica_context().replica_id.unique_id
-        except Exception:  # outside Ray Serve (tests, benchmarks)
-            pass
         self.metrics = QuantserveMetrics()
         self.labels = ReplicaLabels(variant.model, variant.variant, variant.backend, replica_id)
         self.metrics.replica_started(self.labels, variant.price_per_hour)
@@ -111,6 +110,9 @@ class TextReplicaBase:
     def __del__(self) -> None:
         from serving.metrics import mark_process_dead
 
+        if self._state_task is not None:
+            self._state_task.cancel()
+        self.engine.shutdown()
         mark_process_dead()
 
 
@@ -123,7 +125,8 @@ def _merge_dicts(first: dict, second: dict) -> dict:
     return merged
 
 
-@serve.deployment(max_ongoing_requests=256, health_check_period_s=5)
+@serve.deployment(max_ongoing_requests=256, health_check_period_s=5, graceful_shutdown_timeout_s=10,
+                  graceful_shutdown_wait_loop_s=1)
 class OnnxTextReplica(TextReplicaBase):
     def make_engine(self, variant: ServedVariant):
         from serving.engines.onnx_engine import OnnxEngine, OnnxEngineConfig
@@ -133,7 +136,8 @@ class OnnxTextReplica(TextReplicaBase):
                                            variant.max_context, variant.threads))
 
 
-@serve.deployment(max_ongoing_requests=256, health_check_period_s=5)
+@serve.deployment(max_ongoing_requests=256, health_check_period_s=5, graceful_shutdown_timeout_s=10,
+                  graceful_shutdown_wait_loop_s=1)
 class EmbeddingReplica:
     """Sentence embeddings; concurrent requests are batched into one forward pass by `@serve.batch`."""
 

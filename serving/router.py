@@ -58,7 +58,7 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return error_response(p.ApiError(500, "internal error; see the router's log"))
 
 
-@serve.deployment(max_ongoing_requests=512)
+@serve.deployment(max_ongoing_requests=512, graceful_shutdown_timeout_s=10, graceful_shutdown_wait_loop_s=1)
 @serve.ingress(app)
 class Router:
     def __init__(self, variants: list[dict], handles: dict[str, object]) -> None:
@@ -78,6 +78,10 @@ class Router:
 
     async def check_health(self) -> None:
         self._start_probing()
+
+    def __del__(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
 
     @app.get("/health")
     async def health(self) -> dict:
