@@ -18,7 +18,7 @@ GREEDY = SamplingParams(max_tokens=20, temperature=0)
 @pytest.fixture(scope="module")
 def engine(built_models: Path):
     engine = OnnxEngine(OnnxEngineConfig(built_models / "smollm2-135m" / "onnx-fp32", max_batch_size=4,
-                                         max_queue=2, context_length=512))
+                                         max_queue=8, context_length=512))
     yield engine
     engine.shutdown()
 
@@ -139,3 +139,14 @@ def test_a_full_queue_answers_503(built_models: Path, prompts):
     finally:
         small.shutdown()
     assert refused.status == 503 and refused.code == "overloaded"
+
+
+def test_a_caller_whose_event_loop_is_gone_does_not_stop_the_engine(engine, prompts):
+    async def read_one_and_leave():
+        stream = engine.generate("left-behind", prompts[1], SamplingParams(max_tokens=40, temperature=0))
+        return await anext(stream)  # the stream is neither finished nor closed when this loop ends
+
+    first = run(read_one_and_leave())
+    assert first.completion_tokens >= 1
+    later = run(collect(engine.generate("after", prompts[0], GREEDY)))
+    assert "Paris" in later.text

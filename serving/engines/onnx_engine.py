@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.engines.base import EngineStats, GenerationOutput, SamplingParams
+from serving.engines.base import EngineError, EngineStats, GenerationOutput, SamplingParams
 from serving.engines.chat_template import ChatTemplate
 from serving.engines.onnx_model import SlotKVModel
 from serving.engines.scheduler import ContinuousBatcher
+
+_NOTHING = object()
 
 
 @dataclass(frozen=True)
@@ -48,19 +50,23 @@ class OnnxEngine:
         """Outputs as they come; when the consumer is slow, the tokens that piled up arrive merged."""
         prompt_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         sequence = self.batcher.submit(request_id, prompt_ids, params)
-        finished = False
+        finished, pending = False, _NOTHING
         try:
             while not finished:
-                output = await sequence.events.get()
-                if output is None:
+                output = await sequence.events.get() if pending is _NOTHING else pending
+                pending = _NOTHING
+                if output is None:  # end of stream
                     return
+                if isinstance(output, EngineError):
+                    finished = True
+                    raise output
                 while not sequence.events.empty():
                     following = sequence.events.get_nowait()
-                    if following is None:
-                        finished = True
+                    if following is None or isinstance(following, EngineError):
+                        pending = following
                         break
                     output = _merge(output, following)
-                finished = finished or output.finish_reason is not None
+                finished = output.finish_reason is not None
                 yield output
         finally:
             if not finished:

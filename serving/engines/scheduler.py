@@ -11,6 +11,8 @@ Results cross to the asyncio side through `loop.call_soon_threadsafe`, one event
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -24,6 +26,7 @@ from serving.engines.onnx_model import SlotKVModel
 from serving.engines.sampling import Sampler, log_softmax
 
 PREFILLS_PER_ITERATION = 2
+logger = logging.getLogger("quantserve.engine")
 
 
 @dataclass
@@ -43,8 +46,10 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
 
-    def publish(self, output: GenerationOutput | None) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, output)
+    def publish(self, output: GenerationOutput | EngineError | None) -> None:
+        # The consumer's event loop may be gone (its caller gave up); the batcher must go on regardless.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.events.put_nowait, output)
 
 
 class ContinuousBatcher:
@@ -97,21 +102,33 @@ class ContinuousBatcher:
     # --- the model thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            with self._condition:
-                while not (self.waiting or self.running or self._stopping):
-                    self._condition.wait()
-                if self._stopping:
-                    return
-                admitted = self._take_admissions()
-                aborted, self.aborted = self.aborted, set()
-            self._drop(lambda s, gone=aborted: s.request_id in gone, publish=False)
-            for sequence in admitted:
-                if sequence.request_id in aborted:
-                    continue
-                self._prefill(sequence)
-            if self.running:
-                self._decode_step()
+        """The model thread's loop; an unexpected failure ends the running requests, never the thread."""
+        while not self._stopping:
+            try:
+                self._iterate()
+            except Exception:
+                logger.exception("engine step failed; ending the running requests with an error")
+                failure = EngineError(500, "the engine failed while generating; see the replica's log")
+                for sequence in self.running:
+                    sequence.publish(failure)
+                    sequence.publish(None)
+                self.running = []
+
+    def _iterate(self) -> None:
+        with self._condition:
+            while not (self.waiting or self.running or self._stopping):
+                self._condition.wait()
+            if self._stopping:
+                return
+            admitted = self._take_admissions()
+            aborted, self.aborted = self.aborted, set()
+        self._drop(lambda s, gone=aborted: s.request_id in gone, publish=False)
+        for sequence in admitted:
+            if sequence.request_id in aborted:
+                continue
+            self._prefill(sequence)
+        if self.running:
+            self._decode_step()
 
     def _take_admissions(self) -> list[Sequence]:
         admitted = []
