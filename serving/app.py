@@ -43,6 +43,8 @@ def build_application(config: QuantserveConfig) -> Application:
     handles = {}
     for variant in catalog:
         spec = config.model(variant.model).variant(variant.variant).serve
+        if spec.autoscaling is None and spec.replicas == 0:
+            continue  # listed and routed (to its fallbacks), never deployed: Serve refuses zero replicas
         handles[variant.id] = deployment_class(variant).options(**deployment_options(variant, spec)).bind(
             variant.to_dict())
     return Router.options(ray_actor_options={"num_cpus": 0.1}).bind([v.to_dict() for v in catalog], handles)

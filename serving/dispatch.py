@@ -23,14 +23,14 @@ RETRY_AFTER_SECONDS = "2"
 @dataclass
 class VariantState:
     variant: ServedVariant
-    handle: object  # a Ray Serve DeploymentHandle
+    handle: object | None  # a Ray Serve DeploymentHandle; None for a variant configured with no replicas
     ready: bool = False
     stats: dict = field(default_factory=dict)
 
 
 class VariantDirectory:
     def __init__(self, variants: list[ServedVariant], handles: dict[str, object]) -> None:
-        self.states = {v.id: VariantState(v, handles[v.id]) for v in variants}
+        self.states = {v.id: VariantState(v, handles.get(v.id)) for v in variants}
         self.defaults = {v.model: v.id for v in variants if v.is_default}
         for variant in variants:  # a model whose default is not served answers with its first served variant
             self.defaults.setdefault(variant.model, variant.id)
@@ -70,6 +70,11 @@ class VariantDirectory:
             await asyncio.sleep(PROBE_INTERVAL_SECONDS)
 
     async def _probe(self, state: VariantState, on_change) -> None:
+        if state.handle is None:
+            if not state.stats:  # report "not ready" once
+                state.stats = {"replicas": 0}
+                on_change(state)
+            return
         try:
             state.stats = await asyncio.wait_for(state.handle.stats.remote(), PROBE_TIMEOUT_SECONDS)
             ready = bool(state.stats.get("ready", True))
