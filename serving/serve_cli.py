@@ -9,6 +9,7 @@ import tempfile
 import threading
 
 from serving.config import load_config
+from serving.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
 # Keep every Ray listener on 127.0.0.1 and send no usage statistics.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -29,7 +30,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def runtime_environment(throughput_mode: bool) -> dict[str, str]:
-    from serving.metrics import prepare_multiprocess_dir
 
     env = dict(LOOPBACK_ENV)
     if throughput_mode:
@@ -46,7 +46,9 @@ def run_serve(args: argparse.Namespace) -> None:
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     env = runtime_environment(not args.no_throughput_mode)
-    os.environ.update(env)  # before Ray is imported: it reads these at import time
+    # Before Ray is imported (it reads these at import time) and inherited by Ray's own processes. The metrics
+    # folder goes to quantserve's deployments only, through runtime_env: Ray's processes would write theirs there.
+    os.environ.update({k: v for k, v in env.items() if k != MULTIPROC_ENV})
 
     import ray
     from ray import serve
