@@ -11,8 +11,10 @@ import threading
 from serving.config import load_config
 from serving.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
-# Keep every Ray listener on 127.0.0.1 and send no usage statistics.
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# Keep every Ray listener on 127.0.0.1 and send no usage statistics. A local cluster has no load balancer
+# that must first stop sending traffic, so Serve's 30 s minimum ingress draining is cut to 2 s (Ctrl-C stops fast).
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2", "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "2"}
 # Ray Serve's high-throughput data plane (Ray >= 2.55); measured faster here, see BENCHMARKS.md.
 THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
