@@ -33,7 +33,7 @@ from quantize.source import check_causal_lm_folder, materialize_base, resolve_so
 from serving.config import EmbeddingOnnxBuild, GptqBuild, ModelConfig, OnnxBuild, QuantserveConfig, VariantConfig
 
 # Bump a method's number when its output changes for the same inputs, so cached variants are rebuilt.
-BUILD_CODE_VERSIONS = {"base": 1, "onnx": 1, "gptq": 2, "embedding-onnx": 1}
+BUILD_CODE_VERSIONS = {"base": 1, "onnx": 1, "gptq": 2, "embedding-onnx": 2}
 TRACKED_LIBRARIES = ("onnxruntime", "onnxruntime-genai", "gptqmodel", "transformers", "torch", "onnx")
 BASE_VARIANT = "base"
 
