@@ -1,0 +1,176 @@
+"""What the real application (the `serving_app` fixture) answers when things go wrong, over raw HTTP:
+OpenAI's error body with the right status (never a 500), health and readiness, and a client that
+disconnects in the middle of a stream."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import pytest
+from tokenizers import Tokenizer
+
+from serving.engines.chat_template import ChatTemplate
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2-135m"
+FP32 = f"{MODEL}:onnx-fp32"
+CONTEXT = 1024  # serve.max_context of the chat variants in the test config (conftest.serving_test_config)
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+@pytest.fixture(scope="module")
+def http(serving_app: str):
+    with httpx.Client(base_url=serving_app, timeout=120) as client:
+        yield client
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
+    """OpenAI's error shape with the expected status; returns the `error` object."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["type"], str) and error["type"]
+    if param is not None:
+        assert error["param"] == param, error
+    return error
+
+
+def chat_body(**fields) -> dict:
+    return {"model": MODEL, "messages": HELLO, "max_tokens": 4, **fields}
+
+
+# --- client errors ----------------------------------------------------------------------------------
+
+
+def test_unknown_model_is_404(http):
+    error = assert_error(http.post("/v1/chat/completions", json=chat_body(model="no-such-model")), 404, "model")
+    assert "no-such-model" in error["message"]
+    assert_error(http.post("/v1/embeddings", json={"model": "no-such-model", "input": "x"}), 404, "model")
+
+
+@pytest.mark.parametrize(("param", "value"), [("temperature", 5), ("top_p", 0), ("n", 0), ("max_tokens", -1),
+                                              ("messages", [])])
+def test_invalid_parameter_is_400_naming_it(http, param, value):
+    error = assert_error(http.post("/v1/chat/completions", json=chat_body(**{param: value})), 400, param)
+    assert error["type"] == "invalid_request_error"
+
+
+def test_missing_field_is_400(http):
+    assert_error(http.post("/v1/chat/completions", json={"messages": HELLO}), 400, "model")
+
+
+def test_bad_json_is_400(http):
+    response = http.post("/v1/chat/completions", content=b'{"model": "smollm2-135m", "messages": [',
+                         headers={"content-type": "application/json"})
+    assert_error(response, 400)
+
+
+def test_unknown_route_is_404_in_openai_shape(http):
+    assert_error(http.get("/v1/no-such-route"), 404)
+
+
+def test_embedding_model_on_chat_is_400(http):
+    assert_error(http.post("/v1/chat/completions", json=chat_body(model="minilm-l6-v2")), 400, "model")
+
+
+def test_chat_model_on_embeddings_is_400(http):
+    assert_error(http.post("/v1/embeddings", json={"model": MODEL, "input": "x"}), 400, "model")
+
+
+def long_messages(models_dir) -> tuple[list[dict], int]:
+    """A chat prompt over the context, and its token count."""
+    messages = [{"role": "user", "content": "word " * (CONTEXT + 100)}]
+    folder = models_dir / MODEL / "onnx-int4"
+    text = ChatTemplate.from_folder(folder).render(messages)
+    tokens = len(Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text, add_special_tokens=False).ids)
+    assert tokens > CONTEXT
+    return messages, tokens
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_prompt_longer_than_context_is_400_with_counts(http, built_models, stream):
+    messages, tokens = long_messages(built_models)
+    error = assert_error(http.post("/v1/chat/completions", json=chat_body(messages=messages, stream=stream)), 400)
+    numbers = re.findall(r"\d+", error["message"])
+    assert str(CONTEXT) in numbers and str(tokens) in numbers, error["message"]
+    assert error["code"] == "context_length_exceeded"
+
+
+def test_completion_prompt_longer_than_context_is_400(http):
+    body = {"model": MODEL, "prompt": "word " * (CONTEXT + 100), "max_tokens": 4}
+    error = assert_error(http.post("/v1/completions", json=body), 400)
+    assert str(CONTEXT) in error["message"]
+
+
+def test_max_tokens_over_the_context_is_400(http):
+    error = assert_error(http.post("/v1/chat/completions", json=chat_body(max_tokens=CONTEXT)), 400, "max_tokens")
+    assert str(CONTEXT) in error["message"]
+
+
+def test_variant_without_replica_or_fallback_is_503_with_retry_after(http):
+    response = http.post("/v1/chat/completions", json=chat_body(model=f"{MODEL}:gptq-int4"))
+    assert_error(response, 503)
+    assert int(response.headers["retry-after"]) > 0
+
+
+# --- health and readiness ---------------------------------------------------------------------------
+
+
+def test_health_is_up(http):
+    response = http.get("/health")
+    assert response.status_code == 200
+
+
+def test_ready_is_503_while_some_variant_has_no_replica(http):
+    response = http.get("/ready")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["ready"] is False
+    variants = body["variants"]
+    for live in (FP32, f"{MODEL}:onnx-int4", "minilm-l6-v2:onnx-int8"):
+        assert variants[live] is True, live
+    for idle in (f"{MODEL}:onnx-int8", f"{MODEL}:gptq-int4", "minilm-l6-v2:onnx-fp32"):
+        assert variants[idle] is False, idle
+
+
+# --- client disconnect ------------------------------------------------------------------------------
+
+
+def replica_metric(http, name: str, variant: str) -> float:
+    """Sum over the variant's replicas of a replica metric, from the router's /metrics."""
+    pattern = re.compile(rf'^{name}\{{[^}}]*variant="{variant}"[^}}]*\}} (\S+)$', re.MULTILINE)
+    values = pattern.findall(http.get("/metrics").text)
+    assert values, f"{name} for {variant} is not in /metrics"
+    return sum(float(v) for v in values)
+
+
+def wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def test_disconnect_frees_the_slot(http, serving_app):
+    running = lambda: replica_metric(http, "quantserve_replica_running_requests", "onnx-fp32")  # noqa: E731
+    generated = lambda: replica_metric(http, "quantserve_replica_generation_tokens_total", "onnx-fp32")  # noqa: E731
+    assert wait_for(lambda: running() == 0, 20), "onnx-fp32 is busy before the test"
+    before = generated()
+    # Counting never meets an end-of-sequence token: only the disconnect can end this request early.
+    body = {"model": FP32, "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 400, "temperature": 0, "stream": True}
+    with httpx.Client(base_url=serving_app, timeout=60) as client, client.stream("POST", "/v1/completions",
+                                                                                json=body) as response:
+        assert response.status_code == 200
+        data = (line for line in response.iter_lines() if line.startswith("data: "))
+        assert [next(data), next(data)]
+        assert wait_for(lambda: running() >= 1, 10), "the stream never showed in the replica's running batch"
+    assert wait_for(lambda: running() == 0, 20), "the slot was not freed after the client disconnected"
+    time.sleep(2)  # the replica publishes its counters once a second
+    assert generated() - before < 400  # aborted, not run to max_tokens
