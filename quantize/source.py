@@ -15,6 +15,7 @@ from pathlib import Path
 from quantize.errors import QuantizeError
 from quantize.manifest import json_hash, sha256_file
 
+SOURCE_MARKER = ".source.sha256"  # in a converted base folder: the GGUF file it came from
 # Architectures the ONNX Runtime GenAI builder (and so every ONNX variant) supports.
 SUPPORTED_CAUSAL_LM = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "granite", "olmo", "smollm3"}
 
@@ -97,11 +98,17 @@ def materialize_base(source: str, out_dir: Path, work_dir: Path) -> Path:
         raise QuantizeError(f"{path} is not a Hugging Face model folder (no config.json)")
     if path.suffix != ".gguf":
         raise QuantizeError(f"{path} is neither a Hugging Face folder nor a .gguf file")
-    if (out_dir / "config.json").is_file():
+    fingerprint = sha256_file(path)
+    marker = out_dir / SOURCE_MARKER
+    if (out_dir / "config.json").is_file() and marker.is_file() and marker.read_text().strip() == fingerprint:
         return out_dir
     work_dir.mkdir(parents=True, exist_ok=True)
-    tmp = work_dir / f".tmp-{out_dir.name}"
+    tmp, aside = work_dir / f".tmp-{out_dir.name}", work_dir / f".old-{out_dir.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     gguf_to_hf_folder(path, tmp)
+    (tmp / SOURCE_MARKER).write_text(fingerprint + "\n")
+    if out_dir.exists():  # converted from another GGUF file: replace it
+        out_dir.rename(aside)
     tmp.rename(out_dir)
+    shutil.rmtree(aside, ignore_errors=True)
     return out_dir
