@@ -10,13 +10,12 @@ import threading
 
 from serving.config import load_config
 from serving.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+from serving.serve_config import HAPROXY_ENV_VARS, THROUGHPUT_ENV_VARS
 
 # Keep every Ray listener on 127.0.0.1 and send no usage statistics. A local cluster has no load balancer
 # that must first stop sending traffic, so Serve's 30 s minimum ingress draining is cut to 2 s (Ctrl-C stops fast).
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
                 "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2", "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "2"}
-# Ray Serve's high-throughput data plane (Ray >= 2.55); measured faster here, see BENCHMARKS.md.
-THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -28,14 +27,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                         help="logical CPUs a local Ray cluster declares (deployments reserve fractions of them)")
     parser.add_argument("--no-throughput-mode", action="store_true",
                         help="use Ray Serve's default data plane instead of the throughput-optimized one")
+    parser.add_argument("--haproxy", action="store_true",
+                        help="Ray Serve's HAProxy ingress (as the Helm chart runs); it listens on every interface")
     parser.set_defaults(handler=run_serve)
 
 
-def runtime_environment(throughput_mode: bool) -> dict[str, str]:
-
+def runtime_environment(throughput_mode: bool, haproxy: bool) -> dict[str, str]:
     env = dict(LOOPBACK_ENV)
     if throughput_mode:
-        env.update(THROUGHPUT_ENV)
+        env.update(THROUGHPUT_ENV_VARS)
+    if haproxy:
+        env.update(HAPROXY_ENV_VARS)
     env.update(prepare_multiprocess_dir(tempfile.mkdtemp(prefix="quantserve-metrics-")))
     return env
 
@@ -47,7 +49,7 @@ def run_serve(args: argparse.Namespace) -> None:
     build_catalog(config)  # fail now, with one line, if a variant is not built
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    env = runtime_environment(not args.no_throughput_mode)
+    env = runtime_environment(not args.no_throughput_mode, args.haproxy)
     # Before Ray is imported (it reads these at import time) and inherited by Ray's own processes. The metrics
     # folder goes to quantserve's deployments only, through runtime_env: Ray's processes would write theirs there.
     os.environ.update({k: v for k, v in env.items() if k != MULTIPROC_ENV})

@@ -15,18 +15,21 @@ IMPORT_PATH = "serving.app:build_app"
 # Ray Serve's high-throughput mode (Ray >= 2.55): throughput-optimized data plane and HAProxy ingress.
 # The proxy reads them when Ray starts, so they must also be in the Ray pods' environment; here they reach
 # the replicas that Ray starts for the application.
-THROUGHPUT_ENV_VARS = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+THROUGHPUT_ENV_VARS = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# HAProxy ingress: listens on every interface, right in a pod, so `quantserve serve` (loopback) leaves it off.
+HAPROXY_ENV_VARS = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
 def build_serve_config(
-    config: QuantserveConfig, *, host: str = "0.0.0.0", port: int = 8000, throughput_optimized: bool = True
+    config: QuantserveConfig, *, host: str = "0.0.0.0", port: int = 8000, throughput_optimized: bool = True,
+    haproxy: bool = True,
 ) -> dict[str, Any]:
     """The Serve config-file structure (as `serve build` writes it) for one `quantserve` application.
 
     `args.config` holds the config as the user wrote it (fields left unset stay unset), so it reads like
     quantserve.yaml and `serving.app:build_app` parses it back into the same `QuantserveConfig`.
     """
-    env_vars = dict(THROUGHPUT_ENV_VARS) if throughput_optimized else {}
+    env_vars = {**(THROUGHPUT_ENV_VARS if throughput_optimized else {}), **(HAPROXY_ENV_VARS if haproxy else {})}
     application = {
         "name": APP_NAME,
         "route_prefix": "/",

@@ -82,8 +82,16 @@ def test_port_and_throughput_mode_follow_values():
     config = serve_config(objects)
     assert config == build_serve_config(load_config(REPO / "quantserve.yaml"), port=9000, throughput_optimized=False)
     for container in ray_containers(objects):
-        assert "RAY_SERVE_ENABLE_HA_PROXY" not in {env["name"] for env in container["env"]}
+        names = {env["name"] for env in container["env"]}
+        assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in names and "RAY_SERVE_ENABLE_HA_PROXY" in names
         assert {"name": "serve", "containerPort": 9000} in container["ports"]
+
+
+def test_haproxy_follows_its_own_value():
+    objects = render_objects({"serve": {"haproxy": False}})
+    assert serve_config(objects) == build_serve_config(load_config(REPO / "quantserve.yaml"), haproxy=False)
+    for container in ray_containers(objects):
+        assert "RAY_SERVE_ENABLE_HA_PROXY" not in {env["name"] for env in container["env"]}
 
 
 def test_throughput_mode_is_in_every_ray_pod_by_default():

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from serving.config import load_config, parse_config
-from serving.serve_config import APP_NAME, IMPORT_PATH, THROUGHPUT_ENV_VARS, build_serve_config
+from serving.serve_config import APP_NAME, HAPROXY_ENV_VARS, IMPORT_PATH, THROUGHPUT_ENV_VARS, build_serve_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,8 +37,10 @@ def test_args_survive_a_yaml_round_trip(config):
 
 def test_throughput_mode_is_the_default_and_can_be_turned_off(config):
     [fast] = build_serve_config(config)["applications"]
-    [plain] = build_serve_config(config, throughput_optimized=False)["applications"]
-    assert fast["runtime_env"]["env_vars"] == THROUGHPUT_ENV_VARS
+    [plain] = build_serve_config(config, throughput_optimized=False, haproxy=False)["applications"]
+    [no_haproxy] = build_serve_config(config, haproxy=False)["applications"]
+    assert fast["runtime_env"]["env_vars"] == {**THROUGHPUT_ENV_VARS, **HAPROXY_ENV_VARS}
+    assert no_haproxy["runtime_env"]["env_vars"] == THROUGHPUT_ENV_VARS
     assert plain["runtime_env"]["env_vars"] == {}
 
 

@@ -112,7 +112,10 @@ rolls out a new Ray cluster (which builds the new variants first), while serve-o
 {{- define "quantserve.serveConfig" -}}
 {{- $env := dict }}
 {{- if .Values.serve.throughputOptimized }}
-{{- $env = dict "RAY_SERVE_THROUGHPUT_OPTIMIZED" "1" "RAY_SERVE_ENABLE_HA_PROXY" "1" }}
+{{- $_ := set $env "RAY_SERVE_THROUGHPUT_OPTIMIZED" "1" }}
+{{- end }}
+{{- if .Values.serve.haproxy }}
+{{- $_ := set $env "RAY_SERVE_ENABLE_HA_PROXY" "1" }}
 {{- end }}
 {{- $app := dict "name" "quantserve" "route_prefix" "/" "import_path" "serving.app:build_app" }}
 {{- $_ := set $app "args" (dict "config" (include "quantserve.config" . | fromJson)) }}

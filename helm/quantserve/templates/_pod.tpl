@@ -126,6 +126,8 @@ spec:
 {{- define "quantserve.env" -}}
 {{- if .Values.serve.throughputOptimized }}
 - {name: RAY_SERVE_THROUGHPUT_OPTIMIZED, value: "1"}
+{{- end }}
+{{- if .Values.serve.haproxy }}
 - {name: RAY_SERVE_ENABLE_HA_PROXY, value: "1"}
 {{- end }}
 - {name: RAY_USAGE_STATS_ENABLED, value: "0"}
