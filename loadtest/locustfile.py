@@ -169,12 +169,8 @@ class ChatStreamUser(OpenAIUser):
             self._fire_latencies(record)
 
     def _read_stream(self, response, record: RequestRecord, started: float) -> None:
-        record.status = response.status_code or 0
-        if record.status != 200:
-            record.error = _http_error(response)
-            response.failure(record.error)
+        if not _accepted(response, record):
             return
-        record.variant = response.headers.get(VARIANT_HEADER, "")
         try:
             result = parse_stream((time.perf_counter(), line) for line in response.iter_lines())
         except requests.RequestException as exc:
@@ -234,13 +230,20 @@ def _measure(record: RequestRecord, result, started: float) -> None:
     record.ok = not record.error
 
 
-def _read_embeddings(response, record: RequestRecord) -> None:
+def _accepted(response, record: RequestRecord) -> bool:
+    """Record the status and the answering variant; a non-200 is recorded as the request's error."""
     record.status = response.status_code or 0
     if record.status != 200:
         record.error = _http_error(response)
         response.failure(record.error)
-        return
+        return False
     record.variant = response.headers.get(VARIANT_HEADER, "")
+    return True
+
+
+def _read_embeddings(response, record: RequestRecord) -> None:
+    if not _accepted(response, record):
+        return
     body = response.json()
     usage = body.get("usage") or {}
     record.prompt_tokens, record.total_tokens = usage.get("prompt_tokens"), usage.get("total_tokens")

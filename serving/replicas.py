@@ -1,8 +1,9 @@
 """Ray Serve deployments that host engines: one deployment per served variant.
 
-A text replica exposes `generate` (streamed through a streaming handle) and `complete` (one merged
-result). Both take a plain dict request and answer plain dicts, so the router needs no engine types;
-a refused request answers `{"error": {...}}` as its only item, with the HTTP status to use.
+A text replica exposes `generate`, streamed through a streaming handle (the router uses it for
+non-streaming requests too, merging the outputs). It takes a plain dict request and yields plain dicts,
+so the router needs no engine types; a refused request yields `{"error": {...}}` as its only item, with
+the HTTP status to use.
 """
 
 from __future__ import annotations
@@ -91,14 +92,6 @@ class TextReplicaBase:
         except TemplateError as exc:
             yield {"error": EngineError(400, str(exc), param="messages").to_dict()}
 
-    async def complete(self, request: dict) -> dict:
-        merged: dict | None = None
-        async for item in self.generate(request):
-            if "error" in item:
-                return item
-            merged = item if merged is None else _merge_dicts(merged, item)
-        return merged or {"error": EngineError(500, "the engine produced no output").to_dict()}
-
     async def stats(self) -> dict:
         self._ensure_state_task()
         return asdict(self.engine.stats())
@@ -114,15 +107,6 @@ class TextReplicaBase:
             self._state_task.cancel()
         self.engine.shutdown()
         mark_process_dead()
-
-
-def _merge_dicts(first: dict, second: dict) -> dict:
-    merged = dict(second)
-    merged["text"] = first["text"] + second["text"]
-    merged["token_ids"] = first["token_ids"] + second["token_ids"]
-    merged["logprobs"] = first["logprobs"] + second["logprobs"]
-    merged["queue_seconds"] = first["queue_seconds"]
-    return merged
 
 
 @serve.deployment(max_ongoing_requests=256, health_check_period_s=5, graceful_shutdown_timeout_s=10,

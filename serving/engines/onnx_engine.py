@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,9 +98,6 @@ async def collect(outputs: AsyncIterator[GenerationOutput]) -> GenerationOutput:
     merged = None
     async for output in outputs:
         merged = output if merged is None else _merge(merged, output)
-    assert merged is not None, "an engine stream always yields at least one output"
+    if merged is None:
+        raise RuntimeError("the engine stream ended without any output")
     return merged
-
-
-def run_sync(coroutine):
-    return asyncio.run(coroutine)
