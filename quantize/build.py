@@ -20,7 +20,6 @@ from pathlib import Path
 from quantize.errors import QuantizeError
 from quantize.manifest import (
     ModelManifest,
-    Quality,
     VariantManifest,
     file_records,
     json_hash,
@@ -29,8 +28,15 @@ from quantize.manifest import (
     verify_files,
     write_manifest,
 )
-from quantize.source import check_causal_lm_folder, materialize_base, resolve_source, source_fingerprint
-from serving.config import EmbeddingOnnxBuild, GptqBuild, ModelConfig, OnnxBuild, QuantserveConfig, VariantConfig
+from quantize.methods import evaluate_variant, run_method
+from quantize.source import (
+    check_causal_lm_folder,
+    copy_base_folder,
+    materialize_base,
+    resolve_source,
+    source_fingerprint,
+)
+from serving.config import GptqBuild, ModelConfig, QuantserveConfig, VariantConfig
 
 # Bump a method's number when its output changes for the same inputs, so cached variants are rebuilt.
 BUILD_CODE_VERSIONS = {"base": 1, "onnx": 1, "gptq": 2, "embedding-onnx": 2}
@@ -144,33 +150,8 @@ def _prepare_base(config: QuantserveConfig, model: ModelConfig) -> Path:
     base_dir = materialize_base(model.source, model_dir / BASE_VARIANT, model_dir)
     check_causal_lm_folder(base_dir)
     if base_dir != model_dir / BASE_VARIANT:
-        base_dir = _copy_base(base_dir, model_dir)
+        base_dir = copy_base_folder(base_dir, model_dir, BASE_VARIANT)
     return base_dir
-
-
-def _copy_base(source: Path, model_dir: Path) -> Path:
-    """A local folder source is copied to `base/`, so that the manifest's base record names files in models_dir
-    (and models_dir alone holds everything serving needs). Kept when every file has the source's size and mtime."""
-    target, tmp = model_dir / BASE_VARIANT, model_dir / f".tmp-{BASE_VARIANT}"
-    files = [f for f in source.iterdir() if f.is_file()]
-    if target.is_dir() and all(_same_file(f, target / f.name) for f in files):
-        return target
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for file in files:
-        shutil.copy2(file, tmp / file.name)
-    if target.exists():
-        target.rename(model_dir / f".old-{BASE_VARIANT}")
-    tmp.rename(target)
-    shutil.rmtree(model_dir / f".old-{BASE_VARIANT}", ignore_errors=True)
-    return target
-
-
-def _same_file(source: Path, copy: Path) -> bool:
-    if not copy.is_file():
-        return False
-    a, b = source.stat(), copy.stat()
-    return a.st_size == b.st_size and a.st_mtime_ns == b.st_mtime_ns
 
 
 def check_inputs(model: ModelConfig, variants: list[VariantConfig]) -> None:
@@ -280,10 +261,11 @@ def _build_variant(state: ModelBuild, base_dir: Path, variant: VariantConfig) ->
     shutil.rmtree(tmp, ignore_errors=True)
     started = time.monotonic()
     try:
-        fields = _run_builder(state, base_dir, variant, tmp, label)
+        fields = run_method(variant.build, base_dir, state.source_path, tmp, state.cache_dir, label)
         build_seconds = time.monotonic() - started
         print(f"{label}: built in {build_seconds:.0f} s, evaluating", flush=True)
-        quality = _evaluate(state, base_dir, variant, tmp, fields["serve_paths"], label)
+        quality = evaluate_variant(variant.build, tmp / fields["serve_paths"]["onnx"], base_dir, state.source_path,
+                                   state.cache_dir, state.source_sha, label)
         record = VariantManifest(
             name=variant.name, params=variant.build.model_dump(), input_hash=state.input_hash(variant),
             files=file_records(tmp), total_bytes=_bytes(tmp, fields["serve_paths"]), library_versions=state.versions,
@@ -302,46 +284,6 @@ def _bytes(folder: Path, serve_paths: dict[str, str]) -> int:
     return sum(f.stat().st_size for f in served.rglob("*") if f.is_file())
 
 
-def _run_builder(state: ModelBuild, base_dir: Path, variant: VariantConfig, out: Path, label: str) -> dict:
-    """Dispatch on the build method; return the manifest fields that depend on it."""
-    spec = variant.build
-    if isinstance(spec, OnnxBuild):
-        from quantize.onnx_export import build_onnx
-
-        hf_config = check_causal_lm_folder(base_dir)
-        notes = build_onnx(base_dir, out, spec, state.cache_dir / "builder", hf_config, label)
-        bits = {"fp32": 32, "int8": 8, "int4": 4}[spec.precision]
-        return {"format": "onnx", "bits": bits, "backends": ["onnx"], "serve_paths": {"onnx": "."},
-                "notes": json.dumps(notes)}
-    if isinstance(spec, GptqBuild):
-        from quantize.gptq import quantize_gptq
-        from quantize.onnx_export import convert_gptq_to_onnx
-
-        hf_config = check_causal_lm_folder(base_dir)
-        notes = quantize_gptq(base_dir, out / "gptq", spec, hf_config)
-        convert_gptq_to_onnx(base_dir, out / "gptq", out / "onnx", state.cache_dir / "builder", hf_config, label)
-        return {"format": "gptq", "bits": spec.bits, "backends": ["onnx", "vllm"],
-                "serve_paths": {"onnx": "onnx", "vllm": "gptq"}, "notes": json.dumps(notes)}
-    if isinstance(spec, EmbeddingOnnxBuild):
-        from quantize.embedding import export_embedding
-
-        notes = export_embedding(state.source_path, out, spec.precision)
-        bits = {"fp32": 32, "int8": 8}[spec.precision]
-        return {"format": "onnx", "bits": bits, "backends": ["onnx"], "serve_paths": {"onnx": "."},
-                "notes": json.dumps(notes)}
-    raise QuantizeError(f"{label}: unknown build method {spec.method!r}")
-
-
-def _evaluate(state: ModelBuild, base_dir: Path, variant: VariantConfig, folder: Path, serve_paths: dict[str, str],
-              label: str) -> Quality:
-    from quantize import evaluate
-
-    if isinstance(variant.build, EmbeddingOnnxBuild):
-        return evaluate.evaluate_embedding(folder / serve_paths["onnx"], state.source_path)
-    reference, _ = evaluate.build_reference(base_dir, state.cache_dir / "reference.json", state.source_sha)
-    return evaluate.evaluate_onnx(folder / serve_paths["onnx"], reference, label)
-
-
 def evaluate_model(config: QuantserveConfig, model: ModelConfig, variant_names: str = "all") -> ModelManifest:
     """Recompute quality for built variants and update their records."""
     with build_lock(model_dir_for(config, model)):
@@ -356,8 +298,9 @@ def _evaluate_model(config: QuantserveConfig, model: ModelConfig, variant_names:
         if record is None:
             print(f"{model.name}:{variant.name}: not built, skipped", flush=True)
             continue
-        quality = _evaluate(state, base_dir, variant, state.dir / variant.name, record.serve_paths,
-                            f"{model.name}:{variant.name}")
+        onnx_dir = state.dir / variant.name / record.serve_paths["onnx"]
+        quality = evaluate_variant(variant.build, onnx_dir, base_dir, state.source_path, state.cache_dir,
+                                   state.source_sha, f"{model.name}:{variant.name}")
         state.manifest.variants[variant.name] = record.model_copy(update={"quality": quality})
         write_manifest(state.dir, state.manifest)
     return state.manifest

@@ -112,3 +112,28 @@ def materialize_base(source: str, out_dir: Path, work_dir: Path) -> Path:
     tmp.rename(out_dir)
     shutil.rmtree(aside, ignore_errors=True)
     return out_dir
+
+
+def copy_base_folder(source: Path, model_dir: Path, name: str) -> Path:
+    """A local folder source is copied to `base/`, so that the manifest's base record names files in models_dir
+    (and models_dir alone holds everything serving needs). Kept when every file has the source's size and mtime."""
+    target, tmp, aside = model_dir / name, model_dir / f".tmp-{name}", model_dir / f".old-{name}"
+    files = [f for f in source.iterdir() if f.is_file()]
+    if target.is_dir() and all(same_file(f, target / f.name) for f in files):
+        return target
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for file in files:
+        shutil.copy2(file, tmp / file.name)
+    if target.exists():
+        target.rename(aside)
+    tmp.rename(target)
+    shutil.rmtree(aside, ignore_errors=True)
+    return target
+
+
+def same_file(source: Path, copy: Path) -> bool:
+    if not copy.is_file():
+        return False
+    a, b = source.stat(), copy.stat()
+    return a.st_size == b.st_size and a.st_mtime_ns == b.st_mtime_ns

@@ -88,6 +88,8 @@ class TextReplicaBase:
             async for output in self.engine.generate(request["request_id"], prompt, params):
                 yield _output_dict(output)
         except EngineError as exc:
+            if exc.param == "messages" and request.get("messages") is None:
+                exc.param = "prompt"  # the engine sees tokens only; the request had a text prompt
             yield {"error": exc.to_dict()}
         except TemplateError as exc:
             yield {"error": EngineError(400, str(exc), param="messages").to_dict()}

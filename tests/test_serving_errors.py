@@ -103,7 +103,7 @@ def test_prompt_longer_than_context_is_400_with_counts(http, built_models, strea
 
 def test_completion_prompt_longer_than_context_is_400(http):
     body = {"model": MODEL, "prompt": "word " * (CONTEXT + 100), "max_tokens": 4}
-    error = assert_error(http.post("/v1/completions", json=body), 400)
+    error = assert_error(http.post("/v1/completions", json=body), 400, "prompt")
     assert str(CONTEXT) in error["message"]
 
 
