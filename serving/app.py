@@ -47,7 +47,8 @@ def build_application(config: QuantserveConfig) -> Application:
             continue  # listed and routed (to its fallbacks), never deployed: Serve refuses zero replicas
         handles[variant.id] = deployment_class(variant).options(**deployment_options(variant, spec)).bind(
             variant.to_dict())
-    return Router.options(ray_actor_options={"num_cpus": 0.1}).bind([v.to_dict() for v in catalog], handles)
+    return Router.options(ray_actor_options={"num_cpus": 0.1}).bind(
+        [v.to_dict() for v in catalog], handles, config.server.limits.model_dump())
 
 
 def build_app(args: dict) -> Application:

@@ -140,9 +140,20 @@ class ModelConfig(StrictModel):
         raise KeyError(name)
 
 
+class LimitsConfig(StrictModel):
+    """Bounds on what one request may ask for; the router answers 413/400 naming the limit."""
+
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Request body size, else 413")
+    max_tokens: int = Field(4096, ge=1, description="max_tokens / max_completion_tokens per request")
+    max_n: int = Field(8, ge=1, le=64, description="Choices per request")
+    max_stop_strings: int = Field(8, ge=0, le=64, description="Stop strings per request")
+    max_embedding_inputs: int = Field(256, ge=1, description="Texts per embeddings request")
+
+
 class ServerConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    limits: LimitsConfig = LimitsConfig()
 
 
 class QuantserveConfig(StrictModel):

@@ -85,7 +85,7 @@ class SamplingFields(OpenAIRequest):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int | None = Field(None, ge=1)
-    n: int = Field(1, ge=1, le=16)
+    n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -100,8 +100,6 @@ class SamplingFields(OpenAIRequest):
         stops = [value] if isinstance(value, str) else list(value or [])
         if any(not s for s in stops):
             raise ValueError("stop strings must not be empty")
-        if len(stops) > 16:
-            raise ValueError("at most 16 stop strings")
         return stops
 
     def include_usage(self) -> bool:

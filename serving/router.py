@@ -17,9 +17,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import protocol as p
 from serving.catalog import ServedVariant
+from serving.config import LimitsConfig
 from serving.dispatch import VariantDirectory, VariantState
 from serving.embeddings import embedding_response
 from serving.generation import Generation, stream_body
+from serving.limits import check_body_size, check_embedding, check_generation
 from serving.metrics import CONTENT_TYPE, QuantserveMetrics, render_metrics
 
 logger = logging.getLogger("quantserve.router")
@@ -52,6 +54,17 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(p.ApiError(exc.status_code, str(exc.detail)))
 
 
+@app.middleware("http")
+async def _body_size_limit(request: Request, call_next):
+    limits = getattr(request.app.state, "limits", None)
+    if limits is not None and request.method == "POST":
+        try:
+            check_body_size(request.headers.get("content-length"), limits)
+        except p.ApiError as exc:
+            return error_response(exc)
+    return await call_next(request)
+
+
 @app.exception_handler(Exception)
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error: %s", exc)
@@ -61,7 +74,9 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 @serve.deployment(max_ongoing_requests=512, graceful_shutdown_timeout_s=10, graceful_shutdown_wait_loop_s=1)
 @serve.ingress(app)
 class Router:
-    def __init__(self, variants: list[dict], handles: dict[str, object]) -> None:
+    def __init__(self, variants: list[dict], handles: dict[str, object], limits: dict | None = None) -> None:
+        self.limits = LimitsConfig.model_validate(limits or {})
+        app.state.limits = self.limits
         self.variants = [ServedVariant.from_dict(v) for v in variants]
         self.directory = VariantDirectory(self.variants, handles)
         self.metrics = QuantserveMetrics()
@@ -123,6 +138,7 @@ class Router:
     @app.post("/v1/embeddings")
     async def embeddings(self, body: p.EmbeddingRequest) -> Response:
         self._start_probing()
+        check_embedding(body, self.limits)
         state = self.directory.resolve(body.model, "embedding")
         response, answered = await embedding_response(self.directory, state, body, self.metrics)
         return JSONResponse(response.model_dump(), headers={VARIANT_HEADER: answered.variant.variant})
@@ -131,6 +147,7 @@ class Router:
         self._start_probing()
         if body.ignored_fields():
             logger.info("ignored request fields: %s", ", ".join(body.ignored_fields()))
+        check_generation(body, self.limits)
         state = self.directory.resolve(body.model, "chat")
         generation = Generation(self.directory, state, body, prompt, chat, endpoint, self.metrics)
         answered = await generation.start()

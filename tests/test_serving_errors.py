@@ -174,3 +174,27 @@ def test_disconnect_frees_the_slot(http, serving_app):
     assert wait_for(lambda: running() == 0, 20), "the slot was not freed after the client disconnected"
     time.sleep(2)  # the replica publishes its counters once a second
     assert generated() - before < 400  # aborted, not run to max_tokens
+
+
+# --- limits (server.limits in the config; defaults here) ---------------------------------------------
+
+
+def test_a_body_over_the_size_limit_is_413(http):
+    body = chat_body(messages=[{"role": "user", "content": "x" * 1_100_000}])
+    error = assert_error(http.post("/v1/chat/completions", json=body), 413)
+    assert "1000000" in error["message"] and error["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", chat_body(max_tokens=5000), "max_tokens"),
+        ("/v1/chat/completions", chat_body(max_completion_tokens=5000), "max_completion_tokens"),
+        ("/v1/chat/completions", chat_body(n=9), "n"),
+        ("/v1/completions", {"model": MODEL, "prompt": "hi", "stop": [f"s{i}" for i in range(9)]}, "stop"),
+        ("/v1/embeddings", {"model": "minilm-l6-v2", "input": ["text"] * 257}, "input"),
+    ],
+)
+def test_requests_over_a_limit_are_400_naming_it(http, path, body, param):
+    error = assert_error(http.post(path, json=body), 400, param)
+    assert error["code"] == "limit_exceeded" and "at most" in error["message"]
