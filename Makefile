@@ -22,7 +22,7 @@ BIN := $(VENV)/bin
 STAMP := .stamps/install-$(DEPS_HASH)
 MODELS_CACHE := $(QS_CACHE)/models
 
-.PHONY: install system-deps variants demo serve test lint helm-sync helm-lint clean distclean
+.PHONY: install system-deps variants demo serve bench test lint helm-sync helm-lint clean distclean
 .DEFAULT_GOAL := demo
 
 install: $(STAMP)
@@ -67,6 +67,10 @@ demo: variants
 
 serve: variants
 	$(BIN)/quantserve serve
+
+# In-process engine benchmarks as ratios (writes bench/results.json and BENCHMARKS.md); see loadtest/bench.py.
+bench: variants
+	$(BIN)/python -m loadtest.bench
 
 test: install system-deps
 	$(BIN)/python -m pytest
