@@ -8,8 +8,6 @@ from pathlib import Path
 from quantize.manifest import read_manifest
 from serving.config import ConfigError, QuantserveConfig
 
-DEFAULT_PRICES_PATH = Path(__file__).resolve().parent.parent / "loadtest" / "prices.yaml"
-
 
 @dataclass(frozen=True)
 class ServedVariant:
@@ -47,14 +45,15 @@ class ServedVariant:
         return cls(**{**values, "fallbacks": tuple(values["fallbacks"])})
 
 
-def load_price_table(path: Path = DEFAULT_PRICES_PATH) -> dict[str, float]:
-    """Profile name -> $ per hour, from loadtest/prices.yaml."""
-    import yaml
+def load_price_table() -> dict[str, float]:
+    """Profile name -> $ per hour, from the load tests' price table (loadtest/prices.yaml); a ConfigError if bad."""
+    from loadtest.cost import PriceError, load_prices
 
-    if not path.is_file():
-        return {}
-    profiles = (yaml.safe_load(path.read_text()) or {}).get("profiles", {})
-    return {name: float(profile["usd_per_hour"]) for name, profile in profiles.items()}
+    try:
+        table = load_prices()
+    except PriceError as exc:
+        raise ConfigError(str(exc)) from None
+    return {name: profile.usd_per_hour for name, profile in table.profiles.items()}
 
 
 def build_catalog(config: QuantserveConfig, prices: dict[str, float] | None = None) -> list[ServedVariant]:

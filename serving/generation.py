@@ -39,7 +39,7 @@ class Generation:
         variant = state.variant
         self._in_flight = metrics.request_in_flight(RequestLabels(variant.model, variant.variant, variant.backend,
                                                                   endpoint))
-        self._in_flight.__enter__()  # left in _record, once the response is complete (or failed)
+        self._in_flight.__enter__()  # left in record(), once the response is complete (or failed)
         self._recorded = False
 
     # --- choosing the variant -------------------------------------------------------------------------
@@ -49,7 +49,7 @@ class Generation:
         try:
             candidates = self.directory.candidates(self.state)
         except p.ApiError as exc:
-            self._record(exc.status, self.state)
+            self.record(exc.status, self.state)
             raise
         for candidate in candidates:
             streams = [self._call(candidate, index) for index in range(self.body.n)]
@@ -67,9 +67,9 @@ class Generation:
             self._cancel(streams)
             refusal = errors[0]
             if refusal["status"] != 503:
-                self._record(refusal["status"], candidate)
+                self.record(refusal["status"], candidate)
                 raise p.ApiError(refusal["status"], refusal["message"], refusal["param"], refusal["code"])
-        self._record(503, self.state)
+        self.record(503, self.state)
         message = refusal["message"] if refusal else f"No healthy replica for `{self.state.variant.id}`"
         raise p.ApiError(503, message, code="overloaded" if refusal else "no_healthy_replica",
                          headers={"Retry-After": RETRY_AFTER_SECONDS})
@@ -138,10 +138,10 @@ class Generation:
                     raise p.ApiError(output["error"]["status"], output["error"]["message"])
                 outputs[index] = _merge(outputs.get(index), output)
         except BaseException as exc:
-            self._finish_on_exception(exc)
+            self.finish_on_exception(exc)
             raise
         self.final = outputs
-        self._record(200, self.answered)
+        self.record(200, self.answered)
         ordered = [outputs[i] for i in sorted(outputs)]
         model = self.body.model
         if self.chat:
@@ -149,18 +149,19 @@ class Generation:
         echo = self.prompt["prompt"] if self.body.echo else ""
         return completion_response(self.request_id, model, ordered, echo)
 
-    def _finish_on_exception(self, exc: BaseException) -> None:
+    def finish_on_exception(self, exc: BaseException) -> None:
         self._cancel(self.streams)
         if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-            self._record(CLIENT_CLOSED, self.answered)
+            self.record(CLIENT_CLOSED, self.answered)
         elif isinstance(exc, p.ApiError):
-            self._record(exc.status, self.answered)
+            self.record(exc.status, self.answered)
         else:
-            self._record(500, self.answered)
+            self.record(500, self.answered)
 
     # --- metrics --------------------------------------------------------------------------------------
 
-    def _record(self, status: int, state: VariantState | None) -> None:
+    def record(self, status: int, state: VariantState | None) -> None:
+        """The request's metrics, once, when its response is complete or has failed."""
         if self._recorded:
             return
         self._recorded = True
@@ -209,7 +210,7 @@ async def stream_body(generation: Generation) -> AsyncIterator[bytes]:
             yield chunk
     except BaseException as exc:
         generation.final = outputs
-        generation._finish_on_exception(exc)
+        generation.finish_on_exception(exc)
         raise
     generation.final = outputs
-    generation._record(status, generation.answered)
+    generation.record(status, generation.answered)
