@@ -43,14 +43,16 @@ class ReplicaMetrics:
         self.metrics = QuantserveMetrics()
         self.labels = ReplicaLabels(variant.model, variant.variant, variant.backend, replica_id)
         self.metrics.replica_started(self.labels, variant.price_per_hour)
-        self.last_tokens = 0
+        self.last_tokens, self.last_busy = 0, 0.0
 
     def refresh(self, stats) -> None:
+        """Publish the engine's counters as increments since the last refresh."""
         self.metrics.record_replica_state(self.labels, running=stats.running, waiting=stats.waiting,
                                           slot_use_ratio=stats.running / max(stats.slots, 1))
-        delta, self.last_tokens = stats.generated_tokens_total - self.last_tokens, stats.generated_tokens_total
-        if delta:
-            self.metrics.record_replica_step(self.labels, generated_tokens=delta, step_seconds=0.0)
+        tokens, busy = stats.generated_tokens_total - self.last_tokens, stats.busy_seconds_total - self.last_busy
+        self.last_tokens, self.last_busy = stats.generated_tokens_total, stats.busy_seconds_total
+        if tokens or busy:
+            self.metrics.record_replica_step(self.labels, generated_tokens=tokens, step_seconds=busy)
 
 
 class TextReplicaBase:

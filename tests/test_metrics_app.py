@@ -44,6 +44,8 @@ def test_prometheus_sees_the_requests_and_tokens_the_client_saw(serving_app, ope
         # The replica publishes its counters once a second, a scrape or two behind the router's.
         prometheus.wait_for(lambda: (prometheus.value(replica_query) or 0) >= generated,
                             "the replica's token counter to include these requests")
+        busy = prometheus.value('sum(quantserve_replica_busy_seconds_total{model="smollm2-135m",variant="onnx-fp32"})')
+        assert busy > 0
         assert all(group["rules"] for group in prometheus.rule_groups())
 
 

@@ -68,6 +68,7 @@ class EngineStats:
     context_length: int
     generated_tokens_total: int
     ready: bool
+    busy_seconds_total: float = 0.0  # time spent in prefill and decode steps
 
 
 class TextEngine(Protocol):

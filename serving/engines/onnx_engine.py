@@ -78,7 +78,8 @@ class OnnxEngine:
         batcher = self.batcher
         return EngineStats(running=len(batcher.running), waiting=len(batcher.waiting), slots=batcher.model.slots,
                            context_length=batcher.model.context_length,
-                           generated_tokens_total=batcher.generated_tokens_total, ready=True)
+                           generated_tokens_total=batcher.generated_tokens_total, ready=True,
+                           busy_seconds_total=batcher.busy_seconds_total)
 
     def shutdown(self) -> None:
         self.batcher.shutdown()

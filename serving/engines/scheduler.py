@@ -59,7 +59,7 @@ class ContinuousBatcher:
         self.running: list[Sequence] = []
         self.aborted: set[str] = set()
         self.generated_tokens_total = 0
-        self.steps_total = 0
+        self.busy_seconds_total = 0.0
         self._condition = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="continuous-batcher", daemon=True)
@@ -147,7 +147,9 @@ class ContinuousBatcher:
         self.running.append(sequence)
         sequence.length = len(sequence.prompt_ids)
         logits = self.model.forward(slot, np.array([sequence.prompt_ids]), [sequence.length])
-        sequence.replica_seconds += time.monotonic() - started
+        elapsed = time.monotonic() - started
+        sequence.replica_seconds += elapsed
+        self.busy_seconds_total += elapsed
         self._accept(sequence, logits[0, -1])
         self._drop(lambda s: s.finish_reason is not None, publish=True)
 
@@ -156,8 +158,9 @@ class ContinuousBatcher:
         running = self.running
         input_ids = np.array([[s.generated[-1]] for s in running])
         logits = self.model.forward(0, input_ids, [s.length + 1 for s in running])
-        share = (time.monotonic() - started) / len(running)
-        self.steps_total += 1
+        elapsed = time.monotonic() - started
+        share = elapsed / len(running)
+        self.busy_seconds_total += elapsed
         for row, sequence in enumerate(running):
             sequence.length += 1
             sequence.replica_seconds += share
