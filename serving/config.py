@@ -148,6 +148,7 @@ class LimitsConfig(StrictModel):
     max_n: int = Field(8, ge=1, le=64, description="Choices per request")
     max_stop_strings: int = Field(8, ge=0, le=64, description="Stop strings per request")
     max_embedding_inputs: int = Field(256, ge=1, description="Texts per embeddings request")
+    request_timeout_s: float = Field(600, gt=0, description="A generation still running after this ends with 504")
 
 
 class ServerConfig(StrictModel):

@@ -24,11 +24,12 @@ CLIENT_CLOSED = 499
 
 class Generation:
     def __init__(self, directory: VariantDirectory, state: VariantState, body, prompt: dict, chat: bool,
-                 endpoint: str, metrics: QuantserveMetrics) -> None:
+                 endpoint: str, metrics: QuantserveMetrics, timeout: float) -> None:
         self.directory, self.state, self.body, self.prompt, self.chat = directory, state, body, prompt, chat
         self.endpoint, self.metrics = endpoint, metrics
         self.request_id = p.new_id("chatcmpl" if chat else "cmpl")
         self.arrival = time.monotonic()
+        self.timeout, self.deadline = timeout, self.arrival + timeout
         self.answered: VariantState | None = None
         self.streams: list = []
         self.firsts: list[dict] = []
@@ -54,7 +55,11 @@ class Generation:
         for candidate in candidates:
             streams = [self._call(candidate, index) for index in range(self.body.n)]
             try:
-                firsts = await asyncio.gather(*(anext(stream) for stream in streams))
+                self.streams = streams
+                firsts = await self._before_deadline(asyncio.gather(*(anext(stream) for stream in streams)))
+            except p.ApiError as exc:
+                self.record(exc.status, candidate)
+                raise
             except Exception as exc:  # the replica died or vanished: try the next variant
                 logger.warning("variant %s failed before its first output: %s", candidate.variant.id, exc)
                 self._cancel(streams)
@@ -90,19 +95,14 @@ class Generation:
     # --- consuming outputs ----------------------------------------------------------------------------
 
     async def events(self) -> AsyncIterator[tuple[int, dict]]:
-        """(choice index, output) as they come, across all choices."""
-        if len(self.streams) == 1:
-            yield 0, self._observe(self.firsts[0])
-            async for output in self.streams[0]:
-                yield 0, self._observe(output)
-            return
+        """(choice index, output) as they come, across all choices; a 504 ApiError past the request timeout."""
         queue: asyncio.Queue = asyncio.Queue()
         pumps = [asyncio.create_task(self._pump(i, s, f, queue))
                  for i, (s, f) in enumerate(zip(self.streams, self.firsts, strict=True))]
         try:
             remaining = len(pumps)
             while remaining:
-                index, output = await queue.get()
+                index, output = await self._before_deadline(queue.get())
                 if output is None:
                     remaining -= 1
                     continue
@@ -110,6 +110,14 @@ class Generation:
         finally:
             for pump in pumps:
                 pump.cancel()
+
+    async def _before_deadline(self, awaitable):
+        try:
+            return await asyncio.wait_for(awaitable, max(self.deadline - time.monotonic(), 0.001))
+        except TimeoutError:
+            self._cancel(self.streams)  # the replicas abort the requests and free their slots
+            raise p.ApiError(504, f"the request did not finish within {self.timeout:g} s (server.limits."
+                                  "request_timeout_s)", code="timeout") from None
 
     @staticmethod
     async def _pump(index: int, stream, first: dict, queue: asyncio.Queue) -> None:
@@ -199,13 +207,15 @@ async def stream_body(generation: Generation) -> AsyncIterator[bytes]:
     try:
         for chunk in writer.first(body.n):
             yield chunk
-        async for index, output in generation.events():
-            if "error" in output:
-                status = output["error"]["status"]
-                yield sse(p.ApiError(status, output["error"]["message"]).body())
-                break
-            outputs[index] = _merge(outputs.get(index), output)
-            yield writer.chunk(index, output)
+        try:
+            async for index, output in generation.events():
+                if "error" in output:
+                    raise p.ApiError(output["error"]["status"], output["error"]["message"])
+                outputs[index] = _merge(outputs.get(index), output)
+                yield writer.chunk(index, output)
+        except p.ApiError as exc:  # headers are sent: the error travels as an event, as OpenAI's API does
+            status = exc.status
+            yield sse(exc.body())
         for chunk in writer.last():
             yield chunk
     except BaseException as exc:

@@ -149,7 +149,8 @@ class Router:
             logger.info("ignored request fields: %s", ", ".join(body.ignored_fields()))
         check_generation(body, self.limits)
         state = self.directory.resolve(body.model, "chat")
-        generation = Generation(self.directory, state, body, prompt, chat, endpoint, self.metrics)
+        generation = Generation(self.directory, state, body, prompt, chat, endpoint, self.metrics,
+                                self.limits.request_timeout_s)
         answered = await generation.start()
         headers = {VARIANT_HEADER: answered.variant.variant}
         if answered is not state:

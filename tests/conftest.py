@@ -15,6 +15,7 @@ from serving.launcher import AppStartError, running_app
 REPO = Path(__file__).resolve().parent.parent
 QUANTSERVE = [sys.executable, "-m", "serving.cli"]
 BUILD_TIMEOUT_SECONDS = 1800
+REQUEST_TIMEOUT_SECONDS = 12
 
 
 def run_quantserve(*args: str, timeout: float = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -39,11 +40,13 @@ def serving_test_config(models_dir: Path) -> dict:
 
     - smollm2-135m:onnx-int8 has no replica and falls back to onnx-int4 (the fallback path);
     - smollm2-135m:gptq-int4 has no replica and no fallback (the 503 path);
-    - minilm-l6-v2:onnx-fp32 has no replica (embeddings answer from onnx-int8).
+    - minilm-l6-v2:onnx-fp32 has no replica (embeddings answer from onnx-int8);
+    - requests time out after REQUEST_TIMEOUT_SECONDS.
     Contexts are shortened to keep KV buffers small.
     """
     config = yaml.safe_load((REPO / "quantserve.yaml").read_text())
     config["models_dir"] = str(models_dir)
+    config["server"]["limits"] = {"request_timeout_s": REQUEST_TIMEOUT_SECONDS}  # the timeout test waits this long
     overrides = {
         ("smollm2-135m", "onnx-int8"): {"replicas": 0, "fallbacks": ["onnx-int4"]},
         ("smollm2-135m", "gptq-int4"): {"replicas": 0, "fallbacks": []},

@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+from conftest import REQUEST_TIMEOUT_SECONDS
 from tokenizers import Tokenizer
 
 from serving.engines.chat_template import ChatTemplate
@@ -198,3 +199,23 @@ def test_a_body_over_the_size_limit_is_413(http):
 def test_requests_over_a_limit_are_400_naming_it(http, path, body, param):
     error = assert_error(http.post(path, json=body), 400, param)
     assert error["code"] == "limit_exceeded" and "at most" in error["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_past_the_timeout_ends_with_504_and_frees_its_slot(http, stream):
+    running = lambda: replica_metric(http, "quantserve_replica_running_requests", "onnx-fp32")  # noqa: E731
+    assert wait_for(lambda: running() == 0, 30), "onnx-fp32 is busy before the test"
+    # ~900 tokens of counting take far longer than the test config's request timeout.
+    body = {"model": FP32, "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 900, "temperature": 0, "stream": stream}
+    started = time.monotonic()
+    response = http.post("/v1/completions", json=body)
+    elapsed = time.monotonic() - started
+    if stream:
+        assert response.status_code == 200  # the headers were sent: the timeout arrives as an error event
+        events = [line.removeprefix("data: ") for line in response.text.splitlines() if line.startswith("data: ")]
+        assert '"code":"timeout"' in events[-2].replace(" ", "") and events[-1] == "[DONE]"
+    else:
+        assert assert_error(response, 504)["code"] == "timeout"
+    assert REQUEST_TIMEOUT_SECONDS - 1 < elapsed < REQUEST_TIMEOUT_SECONDS + 20
+    assert wait_for(lambda: running() == 0, 20), "the timed-out request kept its slot"
+
