@@ -40,8 +40,9 @@ class OnnxBuild(StrictModel):
     method: Literal["onnx"] = "onnx"
     precision: Literal["fp32", "int8", "int4"]
     block_size: int = Field(32, ge=16, le=256, description="Weight block size for int8/int4 (MatMulNBits)")
-    algorithm: Literal["rtn", "k_quant", "k_quant_last"] = Field(
-        "rtn", description="Weight quantization algorithm of the builder (k_quant_last keeps lm_head in int8)"
+    algorithm: Literal["rtn", "k_quant", "k_quant_last", "hqq"] = Field(
+        "rtn", description="int4 weight algorithm: the builder's rtn/k_quant/k_quant_last (keeps lm_head in int8), "
+        "or hqq (ONNX Runtime's MatMulNBits quantizer over the fp32 export; better quality, embedding left fp32)"
     )
     quantize_embedding: bool = Field(True, description="Also block-quantize the token embedding (GatherBlockQuantized)")
 

@@ -3,6 +3,7 @@ building, skipping, rebuilding, interrupting and every bad input take seconds, n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -295,3 +296,30 @@ def test_invalid_config_names_the_field(tmp_path, change, words):
 def test_missing_config_file(tmp_path):
     missing = tmp_path / "missing.yaml"
     assert_user_error(run_quantserve("quantize", "list", "--config", str(missing)), str(missing), "not found")
+
+
+def test_hqq_int4_is_an_option_that_builds_matmulnbits_and_generates(tiny_model, tmp_path):
+    import onnx
+
+    from serving.engines.base import SamplingParams
+    from serving.engines.onnx_engine import OnnxEngine, OnnxEngineConfig, collect
+
+    config_path = write_config(tmp_path / "quantserve.yaml", tmp_path / "models")
+    config = yaml.safe_load(config_path.read_text())
+    config["models"][0]["variants"].append(
+        {"name": "onnx-int4-hqq", "build": {"method": "onnx", "precision": "int4", "algorithm": "hqq"}})
+    config_path.write_text(yaml.safe_dump(config))
+    done = build(config_path, tiny_model, "--variants", "onnx-int4-hqq")
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = tmp_path / "models" / "tiny" / "onnx-int4-hqq"
+    record = read_manifest(folder.parent).variants["onnx-int4-hqq"]
+    assert record.bits == 4 and record.params["algorithm"] == "hqq" and not verify_files(folder, record)
+    assert not (folder / ".fp32").exists()
+    ops = {node.op_type for node in onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.node}
+    assert "MatMulNBits" in ops
+    engine = OnnxEngine(OnnxEngineConfig(folder, max_batch_size=1, context_length=128))
+    try:
+        output = asyncio.run(collect(engine.generate("hqq", "Hello", SamplingParams(max_tokens=5, temperature=0))))
+    finally:
+        engine.shutdown()
+    assert output.completion_tokens >= 1
