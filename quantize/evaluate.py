@@ -131,15 +131,12 @@ def onnx_logits_fn(onnx_dir: Path):
     """Full-sequence logits from a GenAI-built graph, with an empty KV cache."""
     import onnxruntime as ort
 
-    config = json.loads((onnx_dir / "genai_config.json").read_text())["model"]
-    decoder = config["decoder"]
-    session = ort.InferenceSession(str(onnx_dir / decoder["filename"]), providers=["CPUExecutionProvider"])
-    past_shape = (1, decoder["num_key_value_heads"], 0, decoder["head_size"])
-    empty_past = {
-        decoder["inputs"][f"past_{kind}_names"] % layer: np.zeros(past_shape, np.float32)
-        for layer in range(decoder["num_hidden_layers"])
-        for kind in ("key", "value")
-    }
+    from serving.engines.onnx_model import DecoderShape
+
+    shape = DecoderShape.from_genai_config(onnx_dir)
+    session = ort.InferenceSession(str(onnx_dir / shape.filename), providers=["CPUExecutionProvider"])
+    past = np.zeros((1, shape.kv_heads, 0, shape.head_size), np.float32)
+    empty_past = {name % layer: past for layer in range(shape.layers) for name in (shape.key_name, shape.value_name)}
 
     def logits_fn(ids: list[int]) -> np.ndarray:
         feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64),

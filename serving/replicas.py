@@ -37,7 +37,7 @@ class ReplicaMetrics:
     def __init__(self, variant: ServedVariant) -> None:
         from serving.metrics import QuantserveMetrics, ReplicaLabels
 
-        replica_id = os.environ.get("QUANTSERVE_REPLICA_ID") or str(os.getpid())
+        replica_id = str(os.getpid())
         with contextlib.suppress(Exception):  # outside Ray Serve (tests, benchmarks) there is no context
             replica_id = serve.get_replica_context().replica_id.unique_id
         self.metrics = QuantserveMetrics()

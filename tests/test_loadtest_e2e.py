@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import run_quantserve
 
 from loadtest.report import FILES
 from serving.config import load_config
@@ -42,8 +43,7 @@ def two_variants(app_url) -> list[str]:
 
 
 def quantserve(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "serving.cli", "loadtest", *args]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return run_quantserve("loadtest", *args, timeout=timeout)
 
 
 @pytest.mark.slow

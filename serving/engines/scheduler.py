@@ -202,13 +202,12 @@ class ContinuousBatcher:
     def _drop(self, leaving, publish: bool) -> None:
         """Remove sequences for which `leaving` is true; keep the rest packed in slots 0..n-1."""
         survivors = []
-        for sequence in self.running:
+        for old_slot, sequence in enumerate(self.running):
             if leaving(sequence):
                 if publish:
                     sequence.publish(None)  # end of stream
                 continue
             slot = len(survivors)
-            old_slot = self.running.index(sequence)
             if old_slot != slot:
                 self.model.move_slot(old_slot, slot, sequence.length)
             survivors.append(sequence)
