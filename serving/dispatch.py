@@ -63,25 +63,23 @@ class VariantDirectory:
     def all_ready(self) -> bool:
         return all(state.ready for state in self.states.values())
 
-    async def probe_forever(self, on_change) -> None:
-        """Ask every variant's replicas for their stats; a variant with none answering is not ready."""
+    async def probe_forever(self, on_probe) -> None:
+        """Ask every variant's replicas for their stats (a variant with none answering is not ready), then hand
+        every state to `on_probe`, so that a variant that never became ready is reported too."""
         while True:
-            await asyncio.gather(*(self._probe(state, on_change) for state in self.states.values()))
+            await asyncio.gather(*(self._probe(state) for state in self.states.values()))
+            for state in self.states.values():
+                on_probe(state)
             await asyncio.sleep(PROBE_INTERVAL_SECONDS)
 
-    async def _probe(self, state: VariantState, on_change) -> None:
-        if state.handle is None:
-            if not state.stats:  # report "not ready" once
-                state.stats = {"replicas": 0}
-                on_change(state)
-            return
-        try:
-            state.stats = await asyncio.wait_for(state.handle.stats.remote(), PROBE_TIMEOUT_SECONDS)
-            ready = bool(state.stats.get("ready", True))
-        except Exception as exc:  # a dead or missing replica: any failure means not ready
-            logger.debug("probe of %s failed: %s", state.variant.id, exc)
-            ready = False
+    async def _probe(self, state: VariantState) -> None:
+        ready = False
+        if state.handle is not None:  # None: configured with no replicas
+            try:
+                state.stats = await asyncio.wait_for(state.handle.stats.remote(), PROBE_TIMEOUT_SECONDS)
+                ready = bool(state.stats.get("ready", True))
+            except Exception as exc:  # a dead or missing replica: any failure means not ready
+                logger.debug("probe of %s failed: %s", state.variant.id, exc)
         if ready != state.ready:
             logger.info("variant %s is %s", state.variant.id, "ready" if ready else "NOT ready")
             state.ready = ready
-            on_change(state)

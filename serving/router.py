@@ -85,9 +85,9 @@ class Router:
     def _start_probing(self) -> None:
         if self._probe_task is None:
             self._probe_task = asyncio.get_running_loop().create_task(
-                self.directory.probe_forever(self._readiness_changed))
+                self.directory.probe_forever(self._publish_readiness))
 
-    def _readiness_changed(self, state: VariantState) -> None:
+    def _publish_readiness(self, state: VariantState) -> None:
         v = state.variant
         self.metrics.set_variant_ready(v.model, v.variant, v.backend, state.ready)
 

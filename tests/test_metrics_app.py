@@ -40,6 +40,8 @@ def test_prometheus_sees_the_requests_and_tokens_the_client_saw(serving_app, ope
         assert ttft is not None and 0 < ttft < 60
         ready = prometheus.value('quantserve_variant_ready{model="smollm2-135m",variant="onnx-fp32"}')
         assert ready == 1
+        # gptq-int4 has no replica in the test config: it must show as 0 (the no-ready-replica alert needs it).
+        assert prometheus.value('quantserve_variant_ready{model="smollm2-135m",variant="gptq-int4"}') == 0
         replica_query = 'sum(quantserve_replica_generation_tokens_total{model="smollm2-135m",variant="onnx-fp32"})'
         # The replica publishes its counters once a second, a scrape or two behind the router's.
         prometheus.wait_for(lambda: (prometheus.value(replica_query) or 0) >= generated,
