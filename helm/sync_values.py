@@ -1,8 +1,9 @@
 """Copy quantserve.yaml into the Helm chart, so the chart serves the same config as `quantserve serve`.
 
-Writes two generated parts of helm/quantserve/:
+Writes three generated parts of helm/quantserve/:
 - values.yaml: the block between `# BEGIN quantserve.yaml` and `# END quantserve.yaml` becomes `quantserve:` followed
   by quantserve.yaml, indented (comments kept);
+- values-gpu.yaml: the same block with quantserve.gpu.yaml (the GPU profile replaces the whole `quantserve:` map);
 - values.schema.json: `$defs` becomes the JSON schema of serving.config.QuantserveConfig, and the allowed
   `serve.variants` become the config's `model:variant` ids.
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(REPO))
 from serving.config import QuantserveConfig, load_config  # noqa: E402
 
 CHART = REPO / "helm" / "quantserve"
+GPU_CONFIG = REPO / "quantserve.gpu.yaml"
 BEGIN, END = "# BEGIN quantserve.yaml\n", "# END quantserve.yaml\n"
 
 
@@ -54,11 +56,13 @@ def schema_text(schema: str, config: QuantserveConfig) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
-def sync(config_path: Path, *, check: bool) -> list[str]:
+def sync(config_path: Path, *, check: bool, gpu_config_path: Path = GPU_CONFIG) -> list[str]:
     """Rewrite (or with check, only compare) the generated parts; return the files that were out of date."""
     config = load_config(config_path)
+    load_config(gpu_config_path)  # copy only a valid config
     targets = {
         CHART / "values.yaml": lambda text: values_text(text, config_path.read_text()),
+        CHART / "values-gpu.yaml": lambda text: values_text(text, gpu_config_path.read_text()),
         CHART / "values.schema.json": lambda text: schema_text(text, config),
     }
     stale = []

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from quantize.errors import QuantizeError
 from quantize.manifest import (
+    BASE_VARIANT,
     ModelManifest,
     VariantManifest,
     file_records,
@@ -41,7 +42,6 @@ from serving.config import GptqBuild, ModelConfig, QuantserveConfig, VariantConf
 # Bump a method's number when its output changes for the same inputs, so cached variants are rebuilt.
 BUILD_CODE_VERSIONS = {"base": 1, "onnx": 1, "gptq": 2, "embedding-onnx": 2}
 TRACKED_LIBRARIES = ("onnxruntime", "onnxruntime-genai", "gptqmodel", "transformers", "torch", "onnx")
-BASE_VARIANT = "base"
 
 
 def library_versions() -> dict[str, str]:
@@ -196,6 +196,9 @@ def _build_model(config: QuantserveConfig, model: ModelConfig, variants: list[Va
     else:
         _describe_encoder(state, base_dir)
     for variant in variants:
+        if variant.build.method == "base":
+            print(f"{model.name}:{variant.name}: served from the base folder ({BASE_VARIANT}/)", flush=True)
+            continue
         if not force and state.is_current(variant):
             print(f"{model.name}:{variant.name}: up to date (inputs unchanged), skipped", flush=True)
             continue
@@ -295,8 +298,8 @@ def _evaluate_model(config: QuantserveConfig, model: ModelConfig, variant_names:
     base_dir = _prepare_base(config, model)
     for variant in select_variants(model, variant_names):
         record = state.manifest.variants.get(variant.name)
-        if record is None:
-            print(f"{model.name}:{variant.name}: not built, skipped", flush=True)
+        if record is None or "onnx" not in record.serve_paths:
+            print(f"{model.name}:{variant.name}: no ONNX build to evaluate, skipped", flush=True)
             continue
         onnx_dir = state.dir / variant.name / record.serve_paths["onnx"]
         quality = evaluate_variant(variant.build, onnx_dir, base_dir, state.source_path, state.cache_dir,

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 MANIFEST_NAME = "manifest.json"
+BASE_VARIANT = "base"  # the Hugging Face folder every variant is built from, recorded as a variant of its own
 
 
 class FileRecord(BaseModel):
@@ -58,6 +59,11 @@ class ModelManifest(BaseModel):
     parameters: int = 0
     context_length: int = 0
     variants: dict[str, VariantManifest] = Field(default_factory=dict)
+
+
+def built_name(variant_name: str, build_method: str) -> str:
+    """The folder and manifest key holding a configured variant's files: the base folder for `method: base`."""
+    return BASE_VARIANT if build_method == "base" else variant_name
 
 
 def utc_now() -> str:

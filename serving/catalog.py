@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from quantize.manifest import read_manifest
+from quantize.manifest import built_name, read_manifest
 from serving.config import ConfigError, QuantserveConfig
 
 
@@ -28,6 +28,8 @@ class ServedVariant:
     max_queue: int
     max_context: int
     threads: int
+    vllm: dict = field(default_factory=dict)  # serving.config.VllmSpec, for backend vllm
+    cache_dir: str = ""  # where an engine may keep caches (vLLM's compile cache), inside models_dir
 
     @property
     def id(self) -> str:
@@ -67,7 +69,8 @@ def build_catalog(config: QuantserveConfig, prices: dict[str, float] | None = No
             spec = variant.serve
             if not spec.enabled:
                 continue
-            record = manifest.variants.get(variant.name) if manifest else None
+            built_as = built_name(variant.name, variant.build.method)
+            record = manifest.variants.get(built_as) if manifest else None
             if record is None:
                 raise ConfigError(f"variant {model.name}:{variant.name} is not built in {model_dir}; "
                                   f"run `quantserve quantize build` (or `make variants`)")
@@ -77,7 +80,7 @@ def build_catalog(config: QuantserveConfig, prices: dict[str, float] | None = No
             if spec.hardware_profile not in prices and prices:
                 raise ConfigError(f"variant {model.name}:{variant.name}: unknown hardware_profile "
                                   f"{spec.hardware_profile!r}; known: {', '.join(sorted(prices))}")
-            folder = (model_dir / variant.name / record.serve_paths[spec.backend]).resolve()
+            folder = (model_dir / built_as / record.serve_paths[spec.backend]).resolve()
             served.append(ServedVariant(
                 model=model.name, variant=variant.name, kind=model.kind, backend=spec.backend, folder=str(folder),
                 format=record.format, bits=record.bits, size_bytes=record.total_bytes,
@@ -85,5 +88,7 @@ def build_catalog(config: QuantserveConfig, prices: dict[str, float] | None = No
                 fallbacks=tuple(spec.fallbacks), is_default=variant.name == model.default_variant,
                 perplexity=record.quality.perplexity, max_batch_size=spec.max_batch_size, max_queue=spec.max_queue,
                 max_context=spec.max_context, threads=spec.threads,
+                vllm=spec.vllm.model_dump() if spec.backend == "vllm" else {},
+                cache_dir=str((model_dir / ".cache").resolve()),
             ))
     return served

