@@ -11,13 +11,20 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
 from serving.catalog import ServedVariant
 from serving.protocol import ApiError
 
-logger = logging.getLogger("quantserve.router")
+logger = logging.getLogger("ray.serve.quantserve.router")
 PROBE_INTERVAL_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = 2.0
 RETRY_AFTER_SECONDS = "2"
+# A call that failed because its replica is gone or restarting: the variant is down, its fallbacks may answer.
+REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
+# The replica's queue is full (Serve's max_queued_requests): try a fallback, the variant itself is fine.
+REPLICA_BUSY = (BackPressureError,)
 
 
 @dataclass

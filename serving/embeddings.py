@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from serving import protocol as p
-from serving.dispatch import VariantDirectory, VariantState
+from serving.dispatch import REPLICA_BUSY, REPLICA_GONE, VariantDirectory, VariantState
 from serving.metrics import QuantserveMetrics, RequestLabels
 
 ENDPOINT = "/v1/embeddings"
@@ -22,8 +22,8 @@ async def embedding_response(directory: VariantDirectory, state: VariantState, b
         for candidate in directory.candidates(state):
             try:
                 result = await candidate.handle.embed.remote(body.texts())
-            except Exception:  # a dead replica: the next candidate answers
-                candidate.ready = False
+            except REPLICA_GONE + REPLICA_BUSY as exc:  # the next candidate answers
+                candidate.ready = candidate.ready and isinstance(exc, REPLICA_BUSY)
                 continue
             answered = candidate
             break

@@ -11,25 +11,30 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from serving import protocol as p
-from serving.dispatch import RETRY_AFTER_SECONDS, VariantDirectory, VariantState
+from serving.config import LimitsConfig
+from serving.dispatch import REPLICA_BUSY, REPLICA_GONE, RETRY_AFTER_SECONDS, VariantDirectory, VariantState
 from serving.metrics import QuantserveMetrics, RequestLabels
 from serving.responses import ChunkWriter, chat_response, completion_response, sse
 
-logger = logging.getLogger("quantserve.router")
+logger = logging.getLogger("ray.serve.quantserve.router")
 CLIENT_CLOSED = 499
+REPLICA_FAILED = 502
 
 
 class Generation:
     def __init__(self, directory: VariantDirectory, state: VariantState, body, prompt: dict, chat: bool,
-                 endpoint: str, metrics: QuantserveMetrics, timeout: float) -> None:
+                 endpoint: str, metrics: QuantserveMetrics, limits: LimitsConfig,
+                 charge: Callable[[int], None] | None = None) -> None:
+        """`charge` receives the request's total tokens once it has finished (the rate limiter's token count)."""
         self.directory, self.state, self.body, self.prompt, self.chat = directory, state, body, prompt, chat
-        self.endpoint, self.metrics = endpoint, metrics
+        self.endpoint, self.metrics, self.charge = endpoint, metrics, charge
+        self.max_prompt_tokens = limits.max_prompt_tokens
         self.request_id = p.new_id("chatcmpl" if chat else "cmpl")
         self.arrival = time.monotonic()
-        self.timeout, self.deadline = timeout, self.arrival + timeout
+        self.timeout, self.deadline = limits.request_timeout_s, self.arrival + limits.request_timeout_s
         self.answered: VariantState | None = None
         self.streams: list = []
         self.firsts: list[dict] = []
@@ -60,11 +65,17 @@ class Generation:
             except p.ApiError as exc:
                 self.record(exc.status, candidate)
                 raise
-            except Exception as exc:  # the replica died or vanished: try the next variant
+            except REPLICA_GONE + REPLICA_BUSY as exc:  # the next variant may answer
                 logger.warning("variant %s failed before its first output: %s", candidate.variant.id, exc)
                 self._cancel(streams)
-                candidate.ready = False
+                candidate.ready = candidate.ready and isinstance(exc, REPLICA_BUSY)
                 continue
+            except Exception:  # the replica raised on this request: a bug to report, not a replica to avoid
+                logger.exception("variant %s raised on %s", candidate.variant.id, self.request_id)
+                self._cancel(streams)
+                self.record(500, candidate)
+                raise p.ApiError(500, "the replica failed on this request; see its log", code="replica_error") \
+                    from None
             errors = [first["error"] for first in firsts if "error" in first]
             if not errors:
                 self.answered, self.streams, self.firsts = candidate, streams, firsts
@@ -84,7 +95,7 @@ class Generation:
         if params["seed"] is not None and index:
             params["seed"] += index  # n choices from one seed: reproducible, yet different
         request = {"request_id": f"{self.request_id}-{index}-{uuid.uuid4().hex[:6]}", **self.prompt,
-                   "params": params}
+                   "params": params, "max_prompt_tokens": self.max_prompt_tokens}
         return candidate.handle.options(stream=True).generate.remote(request)
 
     @staticmethod
@@ -119,11 +130,17 @@ class Generation:
             raise p.ApiError(504, f"the request did not finish within {self.timeout:g} s (server.limits."
                                   "request_timeout_s)", code="timeout") from None
 
-    @staticmethod
-    async def _pump(index: int, stream, first: dict, queue: asyncio.Queue) -> None:
+    async def _pump(self, index: int, stream, first: dict, queue: asyncio.Queue) -> None:
         await queue.put((index, first))
-        async for output in stream:
-            await queue.put((index, output))
+        try:
+            async for output in stream:
+                await queue.put((index, output))
+        except Exception as exc:  # the replica died (or raised) mid-generation: end the request now, not at timeout
+            logger.warning("variant %s failed while generating %s: %s", self.answered.variant.id, self.request_id,
+                           exc)
+            self.answered.ready = self.answered.ready and not isinstance(exc, REPLICA_GONE)
+            await queue.put((index, {"error": {"status": REPLICA_FAILED, "message": "the replica serving this "
+                                               "request failed; retry it", "param": None, "code": "replica_failed"}}))
         await queue.put((index, None))
 
     def _observe(self, output: dict) -> dict:
@@ -143,7 +160,8 @@ class Generation:
         try:
             async for index, output in self.events():
                 if "error" in output:
-                    raise p.ApiError(output["error"]["status"], output["error"]["message"])
+                    raise p.ApiError(output["error"]["status"], output["error"]["message"],
+                                     code=output["error"].get("code"))
                 outputs[index] = _merge(outputs.get(index), output)
         except BaseException as exc:
             self.finish_on_exception(exc)
@@ -186,6 +204,8 @@ class Generation:
             generated_tokens=sum(o["completion_tokens"] for o in outputs),
             replica_seconds=sum(o["replica_seconds"] for o in outputs), price_per_hour=variant.price_per_hour,
         )
+        if self.charge is not None:
+            self.charge(first.get("prompt_tokens", 0) * len(outputs) + sum(o["completion_tokens"] for o in outputs))
 
 
 def _merge(previous: dict | None, output: dict) -> dict:
@@ -210,7 +230,8 @@ async def stream_body(generation: Generation) -> AsyncIterator[bytes]:
         try:
             async for index, output in generation.events():
                 if "error" in output:
-                    raise p.ApiError(output["error"]["status"], output["error"]["message"])
+                    raise p.ApiError(output["error"]["status"], output["error"]["message"],
+                                     code=output["error"].get("code"))
                 outputs[index] = _merge(outputs.get(index), output)
                 yield writer.chunk(index, output)
         except p.ApiError as exc:  # headers are sent: the error travels as an event, as OpenAI's API does

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,6 +37,14 @@ def free_port() -> int:
 class RunningApp:
     def __init__(self, process: subprocess.Popen, url: str, log: Path) -> None:
         self.process, self.url, self.log = process, url, log
+
+    @property
+    def ray_address(self) -> str:
+        """The address of the Ray cluster the application runs on (from its start-up line), for a driver to join."""
+        match = re.search(r"quantserve: Ray at (\S+),", self.log.read_text(errors="replace"))
+        if match is None:
+            raise AppStartError("the application's log does not say where its Ray cluster is")
+        return match.group(1)
 
     def log_tail(self, size: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-size:] if self.log.exists() else ""

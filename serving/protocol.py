@@ -1,16 +1,18 @@
 """Every OpenAI wire type quantserve speaks, in one place.
 
 Requests tolerate unknown fields (the OpenAI API does; clients send new ones all the time) and the
-router logs what it ignored. Each request converts itself into engine parameters with one method.
+router logs what it ignored. Known fields are strict about their JSON types, as OpenAI's API is: `"echo": 0`
+or `"max_tokens": "16"` is a 400, not silently converted. Each request converts itself into engine parameters
+with one method.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # --- errors -------------------------------------------------------------------------------------
 
@@ -52,14 +54,27 @@ class ApiError(Exception):
 # --- shared pieces ------------------------------------------------------------------------------
 
 
+def _unicode(value: str) -> str:
+    """JSON's \\ud800 escapes decode to lone surrogates, which no tokenizer (or UTF-8 encoder) accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the text is not valid Unicode (it holds a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+
+
 class OpenAIRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     def ignored_fields(self) -> list[str]:
         return sorted((self.model_extra or {}).keys())
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
     include_usage: bool = False
 
 
@@ -80,7 +95,7 @@ def now() -> int:
 class SamplingFields(OpenAIRequest):
     """Fields shared by chat and text completions."""
 
-    model: str
+    model: Text
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -88,7 +103,7 @@ class SamplingFields(OpenAIRequest):
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = None
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
@@ -118,9 +133,17 @@ class SamplingFields(OpenAIRequest):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: Text | list[dict[str, Any]] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _parts_are_unicode(cls, value):
+        for part in value if isinstance(value, list) else []:
+            if isinstance(part.get("text"), str):
+                _unicode(part["text"])
+        return value
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -207,7 +230,7 @@ class ChatCompletionChunk(BaseModel):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] = Field(min_length=1)
+    prompt: Text | list[Text] = Field(min_length=1)
     max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
@@ -217,6 +240,8 @@ class CompletionRequest(SamplingFields):
     def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
         if isinstance(value, list) and len(value) != 1:
             raise ValueError("exactly one prompt per request is supported")
+        if not (value if isinstance(value, str) else value[0]):
+            raise ValueError("the prompt must not be empty")
         return value
 
     def prompt_text(self) -> str:
@@ -253,8 +278,8 @@ class CompletionResponse(BaseModel):
 
 
 class EmbeddingRequest(OpenAIRequest):
-    model: str
-    input: str | list[str] = Field(min_length=1)
+    model: Text
+    input: Text | list[Text] = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None

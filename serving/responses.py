@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 
+from fastapi.responses import JSONResponse
+
 from serving import protocol as p
+
+
+def error_response(error: p.ApiError) -> JSONResponse:
+    """OpenAI's error body with the error's status code and headers (the one place errors become HTTP)."""
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def sse(payload: dict | str) -> bytes:

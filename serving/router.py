@@ -16,21 +16,30 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import protocol as p
+from serving.admission import AdmissionMiddleware, AdmissionPolicy
+from serving.auth import ApiKeys, read_keys
 from serving.catalog import ServedVariant
-from serving.config import LimitsConfig
+from serving.config import ServerConfig
 from serving.dispatch import VariantDirectory, VariantState
 from serving.embeddings import embedding_response
 from serving.generation import Generation, stream_body
-from serving.limits import check_body_size, check_embedding, check_generation
+from serving.limits import check_embedding, check_generation
+from serving.loopback import keep_serve_grpc_on_loopback
 from serving.metrics import CONTENT_TYPE, QuantserveMetrics, render_metrics
+from serving.rate_limits import RateLimiter
+from serving.responses import error_response
 
-logger = logging.getLogger("quantserve.router")
+logger = logging.getLogger("ray.serve.quantserve.router")  # under ray.serve: Serve's log lines carry request_id
 VARIANT_HEADER = "x-quantserve-variant"
 app = FastAPI(title="quantserve", description="OpenAI-compatible API over quantized model variants")
-
-
-def error_response(error: p.ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+app.add_middleware(AdmissionMiddleware)
+# What the /v1 routes may answer besides 200, each with OpenAI's error body (documented in /openapi.json).
+ERRORS = {status: {"model": p.ErrorResponse, "description": description} for status, description in {
+    400: "invalid request, or over a server limit", 401: "missing or wrong API key", 404: "unknown model",
+    413: "request body too large", 429: "rate limit reached (Retry-After)",
+    503: "no healthy replica, overloaded or shutting down (Retry-After)", 504: "request timeout"}.items()}
+# Generation routes answer JSON, or server-sent events when the request asks for `stream`.
+GENERATION_RESPONSES = {**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE if stream"}}
 
 
 @app.exception_handler(p.ApiError)
@@ -38,11 +47,26 @@ async def _api_error(_: Request, exc: p.ApiError) -> JSONResponse:
     return error_response(exc)
 
 
+def error_param(location: tuple) -> str | None:
+    """The request field a validation error is about: `messages.0.content`, without pydantic's union-member tags
+    (`prompt.function-after[...]`, `stop.str`) that follow the field's name."""
+    path = []
+    for part in location:
+        if part == "body":
+            continue
+        if isinstance(part, str) and ("[" in part or part in UNION_TAGS):
+            break
+        path.append(str(part))
+    return ".".join(path) or None
+
+
+UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0]
-    location = [str(part) for part in first["loc"] if part != "body"]
-    param = ".".join(location) or None
+    param = error_param(first["loc"])
     message = f"{param}: {first['msg']}" if param else first["msg"]
     if first["type"] == "json_invalid":
         message, param = "The request body is not valid JSON", None
@@ -54,31 +78,39 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(p.ApiError(exc.status_code, str(exc.detail)))
 
 
-@app.middleware("http")
-async def _body_size_limit(request: Request, call_next):
-    limits = getattr(request.app.state, "limits", None)
-    if limits is not None and request.method == "POST":
-        try:
-            check_body_size(request.headers.get("content-length"), limits)
-        except p.ApiError as exc:
-            return error_response(exc)
-    return await call_next(request)
-
-
 @app.exception_handler(Exception)
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error: %s", exc)
     return error_response(p.ApiError(500, "internal error; see the router's log"))
 
 
+def openapi_with_models(variants: list[ServedVariant]) -> dict:
+    """/openapi.json with the `model` field of each request listing the names this server answers to."""
+    app.openapi_schema = None
+    schema = app.openapi()
+    for request, kind in (("ChatCompletionRequest", "chat"), ("CompletionRequest", "chat"),
+                          ("EmbeddingRequest", "embedding")):
+        names = sorted({n for v in variants if v.kind == kind for n in ((v.id, v.model) if v.is_default else (v.id,))})
+        schema["components"]["schemas"][request]["properties"]["model"]["enum"] = names
+    return schema
+
+
 @serve.deployment(max_ongoing_requests=512, graceful_shutdown_timeout_s=10, graceful_shutdown_wait_loop_s=1)
 @serve.ingress(app)
 class Router:
-    def __init__(self, variants: list[dict], handles: dict[str, object], limits: dict | None = None) -> None:
-        self.limits = LimitsConfig.model_validate(limits or {})
-        app.state.limits = self.limits
+    def __init__(self, variants: list[dict], handles: dict[str, object], server: dict | None = None) -> None:
+        keep_serve_grpc_on_loopback()
+        server_config = ServerConfig.model_validate(server or {})
+        self.limits = server_config.limits
+        keys = ApiKeys(read_keys(server_config.auth))
+        self.rate_limiter = RateLimiter(server_config.rate_limits, keys.limits)
+        self.admission = AdmissionPolicy(keys, self.rate_limiter, self.limits)
+        app.state.admission = self.admission
+        logger.info("API keys: %s; rate limits: %s", f"{len(keys)} configured" if keys.enabled else "off",
+                    server_config.rate_limits.model_dump(exclude_none=True) or "off")
         self.variants = [ServedVariant.from_dict(v) for v in variants]
         self.directory = VariantDirectory(self.variants, handles)
+        app.openapi_schema = openapi_with_models(self.variants)
         self.metrics = QuantserveMetrics()
         self._probe_task: asyncio.Task | None = None
 
@@ -94,6 +126,14 @@ class Router:
     async def check_health(self) -> None:
         self._start_probing()
 
+    async def drain(self) -> int:
+        """Stop taking /v1 requests (503) and report not ready; returns the requests still in flight."""
+        self.admission.draining = True
+        return self.admission.in_flight
+
+    async def in_flight(self) -> int:
+        return self.admission.in_flight
+
     def __del__(self) -> None:
         if self._probe_task is not None:
             self._probe_task.cancel()
@@ -102,18 +142,20 @@ class Router:
     async def health(self) -> dict:
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", responses={503: {"description": "some variant has no ready replica, or the server drains"}})
     async def ready(self) -> JSONResponse:
         self._start_probing()
         states = {vid: s.ready for vid, s in self.directory.states.items()}
-        return JSONResponse({"ready": all(states.values()), "variants": states},
-                            status_code=200 if all(states.values()) else 503)
+        ready = all(states.values()) and not self.admission.draining
+        return JSONResponse({"ready": ready, "draining": self.admission.draining, "variants": states},
+                            status_code=200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text exposition"}})
     async def metrics_endpoint(self) -> Response:
         return Response(render_metrics(), media_type=CONTENT_TYPE)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses={k: ERRORS[k] for k in (401, 429, 503)})
     async def models(self) -> p.ModelList:
         created = int(time.time())
         cards = []
@@ -126,31 +168,35 @@ class Router:
             cards.append(p.ModelCard(id=v.id, created=created, root=v.model, **meta))
         return p.ModelList(data=cards)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(self, body: p.ChatCompletionRequest) -> Response:
+    @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse, responses=GENERATION_RESPONSES)
+    async def chat_completions(self, body: p.ChatCompletionRequest, request: Request) -> Response:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        return await self._generate(body, "/v1/chat/completions", {"messages": messages}, chat=True)
+        return await self._generate(request, body, "/v1/chat/completions", {"messages": messages}, chat=True)
 
-    @app.post("/v1/completions")
-    async def completions(self, body: p.CompletionRequest) -> Response:
-        return await self._generate(body, "/v1/completions", {"prompt": body.prompt_text()}, chat=False)
+    @app.post("/v1/completions", response_model=p.CompletionResponse, responses=GENERATION_RESPONSES)
+    async def completions(self, body: p.CompletionRequest, request: Request) -> Response:
+        return await self._generate(request, body, "/v1/completions", {"prompt": body.prompt_text()}, chat=False)
 
-    @app.post("/v1/embeddings")
-    async def embeddings(self, body: p.EmbeddingRequest) -> Response:
+    @app.post("/v1/embeddings", response_model=p.EmbeddingResponse, responses=ERRORS)
+    async def embeddings(self, body: p.EmbeddingRequest, request: Request) -> Response:
         self._start_probing()
         check_embedding(body, self.limits)
         state = self.directory.resolve(body.model, "embedding")
+        logger.info("/v1/embeddings for %s, key %s", state.variant.id, request.state.key_id)
         response, answered = await embedding_response(self.directory, state, body, self.metrics)
+        self.rate_limiter.charge(request.state.key_id, response.usage.total_tokens)
         return JSONResponse(response.model_dump(), headers={VARIANT_HEADER: answered.variant.variant})
 
-    async def _generate(self, body, endpoint: str, prompt: dict, chat: bool) -> Response:
+    async def _generate(self, request: Request, body, endpoint: str, prompt: dict, chat: bool) -> Response:
         self._start_probing()
+        key_id = request.state.key_id
         if body.ignored_fields():
             logger.info("ignored request fields: %s", ", ".join(body.ignored_fields()))
         check_generation(body, self.limits)
         state = self.directory.resolve(body.model, "chat")
+        logger.info("%s for %s, key %s", endpoint, state.variant.id, key_id)
         generation = Generation(self.directory, state, body, prompt, chat, endpoint, self.metrics,
-                                self.limits.request_timeout_s)
+                                self.limits, charge=lambda tokens: self.rate_limiter.charge(key_id, tokens))
         answered = await generation.start()
         headers = {VARIANT_HEADER: answered.variant.variant}
         if answered is not state:

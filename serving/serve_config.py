@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving.config import QuantserveConfig
+from serving.config import LoggingSpec, QuantserveConfig
 
 APP_NAME = "quantserve"
 IMPORT_PATH = "serving.app:build_app"
@@ -20,6 +20,11 @@ THROUGHPUT_ENV_VARS = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 HAPROXY_ENV_VARS = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
+def logging_env_vars(spec: LoggingSpec) -> dict[str, str]:
+    """Environment of Serve's processes that the logging settings need (read when a replica starts)."""
+    return {"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": str(spec.buffer_records)}
+
+
 def build_serve_config(
     config: QuantserveConfig, *, host: str = "0.0.0.0", port: int = 8000, throughput_optimized: bool = True,
     haproxy: bool = True,
@@ -29,7 +34,8 @@ def build_serve_config(
     `args.config` holds the config as the user wrote it (fields left unset stay unset), so it reads like
     quantserve.yaml and `serving.app:build_app` parses it back into the same `QuantserveConfig`.
     """
-    env_vars = {**(THROUGHPUT_ENV_VARS if throughput_optimized else {}), **(HAPROXY_ENV_VARS if haproxy else {})}
+    env_vars = {**(THROUGHPUT_ENV_VARS if throughput_optimized else {}), **(HAPROXY_ENV_VARS if haproxy else {}),
+                **logging_env_vars(config.server.logging)}
     application = {
         "name": APP_NAME,
         "route_prefix": "/",

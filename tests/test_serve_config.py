@@ -4,7 +4,14 @@ import pytest
 import yaml
 
 from serving.config import load_config, parse_config
-from serving.serve_config import APP_NAME, HAPROXY_ENV_VARS, IMPORT_PATH, THROUGHPUT_ENV_VARS, build_serve_config
+from serving.serve_config import (
+    APP_NAME,
+    HAPROXY_ENV_VARS,
+    IMPORT_PATH,
+    THROUGHPUT_ENV_VARS,
+    build_serve_config,
+    logging_env_vars,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,9 +46,11 @@ def test_throughput_mode_is_the_default_and_can_be_turned_off(config):
     [fast] = build_serve_config(config)["applications"]
     [plain] = build_serve_config(config, throughput_optimized=False, haproxy=False)["applications"]
     [no_haproxy] = build_serve_config(config, haproxy=False)["applications"]
-    assert fast["runtime_env"]["env_vars"] == {**THROUGHPUT_ENV_VARS, **HAPROXY_ENV_VARS}
-    assert no_haproxy["runtime_env"]["env_vars"] == THROUGHPUT_ENV_VARS
-    assert plain["runtime_env"]["env_vars"] == {}
+    logs = logging_env_vars(config.server.logging)
+    assert fast["runtime_env"]["env_vars"] == {**THROUGHPUT_ENV_VARS, **HAPROXY_ENV_VARS, **logs}
+    assert no_haproxy["runtime_env"]["env_vars"] == {**THROUGHPUT_ENV_VARS, **logs}
+    assert plain["runtime_env"]["env_vars"] == logs
+    assert logs == {"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}  # lines written as they happen
 
 
 def test_host_and_port(config):

@@ -4,6 +4,7 @@ disconnects in the middle of a stream."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -162,8 +163,10 @@ def wait_for(condition, timeout: float) -> bool:
 def test_disconnect_frees_the_slot(http, serving_app):
     running = lambda: replica_metric(http, "quantserve_replica_running_requests", "onnx-fp32")  # noqa: E731
     generated = lambda: replica_metric(http, "quantserve_replica_generation_tokens_total", "onnx-fp32")  # noqa: E731
+    in_flight = lambda: replica_metric(http, "quantserve_requests_in_flight", "onnx-fp32")  # noqa: E731
+    http.post("/v1/completions", json={"model": FP32, "prompt": "hi", "max_tokens": 1})  # the gauge exists now
     assert wait_for(lambda: running() == 0, 20), "onnx-fp32 is busy before the test"
-    before = generated()
+    before, in_flight_before = generated(), in_flight()
     # Counting never meets an end-of-sequence token: only the disconnect can end this request early.
     body = {"model": FP32, "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 400, "temperature": 0, "stream": True}
     with httpx.Client(base_url=serving_app, timeout=60) as client, client.stream("POST", "/v1/completions",
@@ -172,7 +175,9 @@ def test_disconnect_frees_the_slot(http, serving_app):
         data = (line for line in response.iter_lines() if line.startswith("data: "))
         assert [next(data), next(data)]
         assert wait_for(lambda: running() >= 1, 10), "the stream never showed in the replica's running batch"
+        assert in_flight() == in_flight_before + 1
     assert wait_for(lambda: running() == 0, 20), "the slot was not freed after the client disconnected"
+    assert wait_for(lambda: in_flight() == in_flight_before, 10), "the request stayed in flight after it left"
     time.sleep(2)  # the replica publishes its counters once a second
     assert generated() - before < 400  # aborted, not run to max_tokens
 
@@ -219,3 +224,44 @@ def test_a_request_past_the_timeout_ends_with_504_and_frees_its_slot(http, strea
     assert REQUEST_TIMEOUT_SECONDS - 1 < elapsed < REQUEST_TIMEOUT_SECONDS + 20
     assert wait_for(lambda: running() == 0, 20), "the timed-out request kept its slot"
 
+
+
+# --- hostile input: every case is a 4xx in OpenAI's shape, never a 5xx -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "content", "status", "param"),
+    [
+        ("bad json", b'{"model": "smollm2-135m", "messages": [', 400, None),
+        ("not an object", b"[1, 2, 3]", 400, None),
+        ("empty body", b"", 400, None),
+        ("invalid utf-8", b'{"model": "smollm2-135m", "prompt": "\xff\xfe\xfa"}', 400, None),
+        ("lone surrogate", b'{"model": "smollm2-135m", "prompt": "\\ud800", "max_tokens": 2}', 400, "prompt"),
+        ("wrong type", b'{"model": "smollm2-135m", "prompt": "hi", "max_tokens": "16"}', 400, "max_tokens"),
+        ("bool as int", b'{"model": "smollm2-135m", "prompt": "hi", "echo": 0}', 400, "echo"),
+        ("negative number", b'{"model": "smollm2-135m", "prompt": "hi", "max_tokens": -5}', 400, "max_tokens"),
+        ("huge number", b'{"model": "smollm2-135m", "prompt": "hi", "max_tokens": 1e400}', 400, "max_tokens"),
+        ("huge integer", b'{"model": "smollm2-135m", "prompt": "hi", "n": 100000000000000000000}', 400, "n"),
+        ("infinite temperature", b'{"model": "smollm2-135m", "prompt": "hi", "temperature": 1e999}', 400,
+         "temperature"),
+        ("empty prompt", b'{"model": "smollm2-135m", "prompt": [""]}', 400, "prompt"),
+        ("null model", b'{"model": null, "prompt": "hi"}', 400, "model"),
+    ],
+)
+def test_hostile_completion_bodies_are_4xx(http, case, content, status, param):
+    response = http.post("/v1/completions", content=content, headers={"content-type": "application/json"})
+    assert_error(response, status, param)
+
+
+def test_a_1_mb_prompt_is_refused_by_size_before_it_is_parsed(http):
+    body = json.dumps({"model": MODEL, "prompt": "word " * 210_000, "max_tokens": 2}).encode()
+    assert len(body) > 1_000_000
+    error = assert_error(http.post("/v1/completions", content=body, headers={"content-type": "application/json"}),
+                         413)
+    assert error["code"] == "request_too_large"
+
+
+def test_unknown_fields_are_accepted(http):
+    response = http.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2,
+                                                  "colour": "blue", "logit_bias": {"50256": -100}})
+    assert response.status_code == 200 and response.json()["choices"][0]["text"] is not None

@@ -1,0 +1,118 @@
+"""Faults against the real application: a replica process killed with SIGKILL while it serves, and a SIGTERM to
+`quantserve serve` that must drain in-flight requests. onnx-int4 falls back to gptq-int4 (quantserve.yaml).
+
+The SIGTERM test ends the application, so it runs last in this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+from conftest import app_config, started_app
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2-135m"
+INT4, GPTQ = f"{MODEL}:onnx-int4", f"{MODEL}:gptq-int4"
+DRAIN_TIMEOUT_SECONDS = 30
+COUNTING = {"prompt": "1, 2, 3, 4, 5, 6,", "temperature": 0}  # never meets an end-of-sequence token
+
+
+@pytest.fixture(scope="module")
+def fault_app(built_models, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fault-app")
+    config = app_config(built_models, [INT4, GPTQ], {"drain_timeout_s": DRAIN_TIMEOUT_SECONDS})
+    with started_app(config, folder) as app:
+        yield app
+
+
+def stream_events(url: str, body: dict, events: list, started: threading.Event) -> None:
+    """Collect a completion stream's data events (JSON objects, or the [DONE] string) until it ends."""
+    with httpx.Client(base_url=url, timeout=120) as http, http.stream("POST", "/v1/completions", json=body) as r:
+        events.append(r.status_code)
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                data = line.removeprefix("data: ")
+                events.append(data if data == "[DONE]" else json.loads(data))
+                started.set()
+
+
+def replica_process(app, deployment: str) -> psutil.Process:
+    """The Ray Serve replica process of `deployment`, found among the processes this application started."""
+    for process in psutil.Process(app.process.pid).children(recursive=True):
+        if any(f"ServeReplica:quantserve:{deployment}" in part for part in process.cmdline()):
+            return process
+    raise AssertionError(f"no replica process for {deployment}")
+
+
+def ready(app) -> dict:
+    return httpx.get(f"{app.url}/ready", timeout=10).json()["variants"]
+
+
+def test_a_killed_replica_ends_its_streams_cleanly_falls_back_and_comes_back(fault_app):
+    app = fault_app
+    victim = replica_process(app, f"{MODEL}--onnx-int4")
+    events, started = [], threading.Event()
+    body = {"model": INT4, "max_tokens": 800, "stream": True, **COUNTING}
+    reader = threading.Thread(target=stream_events, args=(app.url, body, events, started), daemon=True)
+    reader.start()
+    assert started.wait(30), "the stream did not start"
+    killed_at = time.monotonic()
+    victim.send_signal(signal.SIGKILL)
+
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "the stream hung after its replica died"
+    assert time.monotonic() - killed_at < 30
+    assert events[0] == 200 and events[-1] == "[DONE]"
+    error = events[-2]["error"]
+    assert error["code"] == "replica_failed" and error["type"] == "server_error"
+
+    answer = httpx.post(f"{app.url}/v1/completions", json={"model": INT4, "prompt": "Hello", "max_tokens": 4},
+                        timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-quantserve-variant"] in ("gptq-int4", "onnx-int4")  # the fallback, or a new replica
+    assert httpx.get(f"{app.url}/health", timeout=10).status_code == 200  # the router stayed up
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (ready(app).get(INT4) and replica_process(app, f"{MODEL}--onnx-int4")):
+        time.sleep(1)
+    assert ready(app)[INT4], "Serve did not bring the killed replica back"
+    assert replica_process(app, f"{MODEL}--onnx-int4").pid != victim.pid
+    again = httpx.post(f"{app.url}/v1/completions", json={"model": INT4, "prompt": "Hello", "max_tokens": 4},
+                       timeout=60)
+    assert again.status_code == 200 and again.headers["x-quantserve-variant"] == "onnx-int4"
+
+
+def test_sigterm_refuses_new_requests_finishes_in_flight_ones_then_exits(fault_app):
+    app = fault_app
+    events, started = [], threading.Event()
+    body = {"model": GPTQ, "max_tokens": 60, "stream": True, **COUNTING}
+    reader = threading.Thread(target=stream_events, args=(app.url, body, events, started), daemon=True)
+    reader.start()
+    assert started.wait(30), "the stream did not start"
+    signalled_at = time.monotonic()
+    os.kill(app.process.pid, signal.SIGTERM)
+
+    deadline, refused = time.monotonic() + 10, None
+    while time.monotonic() < deadline and refused is None:
+        response = httpx.post(f"{app.url}/v1/completions", json={"model": GPTQ, "prompt": "hi", "max_tokens": 2},
+                              timeout=10)
+        if response.status_code == 503:
+            refused = response
+    assert refused is not None, "new requests were still taken after SIGTERM"
+    assert refused.json()["error"]["code"] == "shutting_down" and int(refused.headers["retry-after"]) > 0
+
+    reader.join(timeout=60)
+    assert events[0] == 200 and events[-1] == "[DONE]"
+    assert events[-2]["choices"][0]["finish_reason"] == "length"  # it ran to its end, not cut off
+    assert sum(len(e["choices"][0]["text"]) > 0 for e in events[1:-1] if isinstance(e, dict)) > 30
+    assert app.process.wait(timeout=DRAIN_TIMEOUT_SECONDS + 60) == 0
+    assert time.monotonic() - signalled_at < DRAIN_TIMEOUT_SECONDS + 60
+    assert "quantserve: drained" in app.log_tail(20000)

@@ -1,0 +1,190 @@
+"""API keys, per-key rate limits, structured logs and fuzzing, against the real application started with keys.
+
+The app serves onnx-int4 and the int8 embedder, with three keys: ALPHA (no limit of its own), BRAVO (3 requests
+per minute) and CHARLIE (120 tokens per minute); logs go, as JSON lines, to a folder the tests read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+from conftest import app_config, started_app
+
+from serving.auth import key_id
+
+pytestmark = pytest.mark.slow
+
+CHAT = "smollm2-135m"
+EMBEDDER = "minilm-l6-v2"
+ALPHA, BRAVO, CHARLIE = (f"sk-test-{name}-{secrets.token_hex(8)}" for name in ("alpha", "bravo", "charlie"))
+WRONG = f"sk-wrong-{secrets.token_hex(8)}"
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+@pytest.fixture(scope="module")
+def guarded(built_models, tmp_path_factory):
+    """The running application with API keys on (serving.launcher.RunningApp); its logs are in logs_of(app)."""
+    folder = tmp_path_factory.mktemp("guarded-app")
+    keys = folder / "api-keys"
+    keys.write_text(f"# test keys\n{ALPHA}\n{BRAVO} requests_per_minute=3\n{CHARLIE} tokens_per_minute=120\n")
+    server = {"limits": {"max_tokens": 16, "max_n": 2, "max_prompt_tokens": 512, "request_timeout_s": 60},
+              "auth": {"api_keys_file": str(keys)}, "logging": {"dir": str(folder / "logs")}}
+    config = app_config(built_models, [f"{CHAT}:onnx-int4", f"{EMBEDDER}:onnx-int8"], server)
+    with started_app(config, folder) as app:
+        yield app
+
+
+def logs_of(app):
+    return app.log.parent / "logs"
+
+
+def client(guarded, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{guarded.url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def http_post(guarded, path: str, body: dict, key: str | None = None, **headers: str) -> httpx.Response:
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    return httpx.post(f"{guarded.url}{path}", json=body, headers=headers, timeout=60)
+
+
+# --- listeners -------------------------------------------------------------------------------------
+
+
+def test_every_listening_socket_of_the_application_is_on_loopback(guarded):
+    """Ray, Serve's proxy, the router and every replica (including Serve's inter-deployment gRPC servers, see
+    serving/loopback.py) listen on 127.0.0.1 only."""
+    import psutil
+
+    processes = [psutil.Process(guarded.process.pid), *psutil.Process(guarded.process.pid).children(recursive=True)]
+    listening = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            listening += [(process.name(), c.laddr) for c in process.net_connections(kind="inet")
+                          if c.status == psutil.CONN_LISTEN]
+    assert len(listening) > 5, listening  # the GCS, raylet, proxy, router, replicas...
+    exposed = [(name, address) for name, address in listening
+               if address.ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
+    assert not exposed, exposed
+
+
+# --- API keys --------------------------------------------------------------------------------------
+
+
+def test_a_request_without_a_key_is_401_in_openai_shape(guarded):
+    response = http_post(guarded, "/v1/chat/completions", {"model": CHAT, "messages": HELLO})
+    assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+    error = response.json()["error"]
+    assert error["code"] == "invalid_api_key" and error["type"] == "authentication_error"
+    assert "Bearer" in error["message"]
+
+
+def test_a_wrong_key_is_refused_and_a_right_one_lets_in(guarded):
+    with pytest.raises(openai.AuthenticationError):
+        client(guarded, WRONG).models.list()
+    with pytest.raises(openai.AuthenticationError):
+        client(guarded, WRONG).embeddings.create(model=EMBEDDER, input="x")
+    assert any(card.id == CHAT for card in client(guarded, ALPHA).models.list())
+    answer = client(guarded, ALPHA).chat.completions.create(model=CHAT, messages=HELLO, max_tokens=4)
+    assert answer.usage.completion_tokens > 0
+
+
+def test_probes_and_metrics_need_no_key(guarded):
+    for path in ("/health", "/ready", "/metrics"):
+        assert httpx.get(f"{guarded.url}{path}", timeout=10).status_code == 200, path
+
+
+# --- rate limits -----------------------------------------------------------------------------------
+
+
+def test_requests_per_minute_are_counted_per_key_and_answered_429_with_retry_after(guarded):
+    url = f"{guarded.url}/v1/models"
+    headers = {"authorization": f"Bearer {BRAVO}"}
+    remaining = [httpx.get(url, headers=headers, timeout=10).headers["x-ratelimit-remaining-requests"]
+                 for _ in range(3)]
+    assert remaining == ["2", "1", "0"]
+    refused = httpx.get(url, headers=headers, timeout=10)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(refused.headers["retry-after"]) <= 20  # 3 per minute: one back every 20 s
+    with pytest.raises(openai.RateLimitError):
+        client(guarded, BRAVO).models.list()
+    assert client(guarded, ALPHA).models.list()  # another key is not held back
+
+
+def test_tokens_per_minute_refuse_once_the_used_tokens_reach_the_limit(guarded):
+    used, refusal = 0, None
+    for _ in range(8):
+        try:
+            answer = client(guarded, CHARLIE).chat.completions.create(model=CHAT, messages=HELLO, max_tokens=16)
+        except openai.RateLimitError as exc:
+            refusal = exc
+            break
+        used += answer.usage.total_tokens
+    assert refusal is not None, f"{used} tokens used and never refused"
+    assert used >= 100, used  # 120 per minute, refilled by ~2 a second while the requests ran
+    assert "tokens per minute" in refusal.message and int(refusal.response.headers["retry-after"]) >= 1
+
+
+# --- logs --------------------------------------------------------------------------------------------
+
+
+def log_records(logs) -> list[dict]:
+    """Every line of every Serve log file, each of which must be one JSON object."""
+    records = []
+    for path in sorted(logs.glob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.strip():
+                records.append(json.loads(line))
+    return records
+
+
+def test_logs_are_json_lines_carrying_the_request_id_the_client_gets(guarded):
+    request_id = f"test-{secrets.token_hex(6)}"
+    response = http_post(guarded, "/v1/chat/completions", {"model": CHAT, "messages": HELLO, "max_tokens": 2,
+                                                          "colour": "blue"}, key=ALPHA, **{"x-request-id": request_id})
+    assert response.status_code == 200 and response.headers["x-request-id"] == request_id
+    deadline, mine = time.monotonic() + 15, []
+    while time.monotonic() < deadline and len(mine) < 2:
+        mine = [r for r in log_records(logs_of(guarded)) if r.get("request_id") == request_id]
+        time.sleep(0.5)
+    messages = " | ".join(r["message"] for r in mine)
+    assert "ignored request fields: colour" in messages, messages
+    assert key_id(ALPHA) in messages, messages  # who asked, by key id
+
+
+def test_no_key_appears_in_any_log_or_metric(guarded):
+    http_post(guarded, "/v1/completions", {"model": CHAT, "prompt": "hi", "max_tokens": 2}, key=WRONG)
+    time.sleep(2)  # let the replicas write their lines
+    haystacks = [path.read_text(errors="replace") for path in logs_of(guarded).glob("*.log")]
+    haystacks.append(httpx.get(f"{guarded.url}/metrics", timeout=10).text)
+    assert len(haystacks) > 1
+    for secret in (ALPHA, BRAVO, CHARLIE, WRONG):
+        assert not any(secret in text for text in haystacks), "a key leaked into the logs or metrics"
+
+
+# --- fuzzing -----------------------------------------------------------------------------------------
+
+
+def test_fuzzing_the_openapi_schema_finds_no_server_error_and_no_nonconforming_response(guarded, tmp_path):
+    """Schemathesis generates valid and invalid requests for every /v1 operation from /openapi.json (bounded:
+    examples per operation, total time, no shrinking) and checks each response."""
+    command = [
+        sys.executable, "-m", "schemathesis.cli", "run", f"{guarded.url}/openapi.json",
+        "--header", f"Authorization: Bearer {ALPHA}", "--include-path-regex", "^/v1/",
+        "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                    "response_schema_conformance,negative_data_rejection",
+        "--max-examples", "10", "--max-time", "75", "--no-shrink", "--max-failures", "5", "--seed", "20261201",
+        "--workers", "1", "--request-timeout", "60", "--generation-database", "none", "--no-color",
+        "--report", "junit", "--report-dir", str(tmp_path),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "generated" in result.stdout  # it did test cases
