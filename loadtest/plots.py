@@ -28,8 +28,8 @@ def latency_vs_throughput(summaries: list[LevelSummary]) -> bytes:
         for label, points in _by_label(summaries).items():
             points = [s for s in points if getattr(s, metric)["p50"] is not None]
             _percentile_lines(axis, label, points, metric, by_tokens)
-        _finish_axes(axis, xlabel, f"{title} (ms)", f"{title} vs throughput")
-    return _png(figure)
+        finish_axes(axis, xlabel, f"{title} (ms)", f"{title} vs throughput")
+    return to_png(figure)
 
 
 _LATENCIES = (("ttft_ms", "time to first token"), ("itl_ms", "inter-token latency"), ("e2e_ms", "end-to-end"))
@@ -59,8 +59,8 @@ def latency_vs_cost(summaries: list[LevelSummary]) -> bytes:
         xs, ys = [s.usd_per_m_output_tokens for s in front], [s.e2e_ms["p90"] for s in front]
         axis.plot(xs, ys, "k:", linewidth=1, label="Pareto front")
         axis.scatter(xs, ys, s=160, facecolors="none", edgecolors="black")
-    _finish_axes(axis, "$ per 1M output tokens", "p90 end-to-end latency (ms)", "Latency vs cost")
-    return _png(figure)
+    finish_axes(axis, "$ per 1M output tokens", "p90 end-to-end latency (ms)", "Latency vs cost")
+    return to_png(figure)
 
 
 def ttft_distribution(records: list[RequestRecord]) -> bytes:
@@ -74,8 +74,8 @@ def ttft_distribution(records: list[RequestRecord]) -> bytes:
         ordered = sorted(ttfts)
         axis.step(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], where="post",
                   label=f"{label} (n={len(ordered)})")
-    _finish_axes(axis, "time to first token (ms)", "share of requests", "TTFT distribution")
-    return _png(figure)
+    finish_axes(axis, "time to first token (ms)", "share of requests", "TTFT distribution")
+    return to_png(figure)
 
 
 def _by_label(summaries: list[LevelSummary]) -> dict[str, list[LevelSummary]]:
@@ -89,7 +89,7 @@ def _level_text(summary: LevelSummary) -> str:
     return f"{summary.level:g}u" if summary.mode == "users" else f"{summary.level:g}/s"
 
 
-def _finish_axes(axis, xlabel: str, ylabel: str, title: str) -> None:
+def finish_axes(axis, xlabel: str, ylabel: str, title: str) -> None:
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_title(title)
@@ -98,7 +98,7 @@ def _finish_axes(axis, xlabel: str, ylabel: str, title: str) -> None:
         axis.legend(fontsize=7)
 
 
-def _png(figure) -> bytes:
+def to_png(figure) -> bytes:
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=DPI)

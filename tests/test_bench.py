@@ -1,4 +1,5 @@
-"""`make bench --quick`: the benchmark script runs on the real variants and writes figures that make sense."""
+"""`make bench --quick`: every benchmark section runs on the real variants and the real application and writes
+figures that agree with each other (ratios equal to their parts, shares that add up)."""
 
 import json
 import subprocess
@@ -12,18 +13,51 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def test_quick_bench_writes_consistent_ratios(built_models, tmp_path):
+@pytest.fixture(scope="module")
+def quick_bench(built_models, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
     command = [sys.executable, "-m", "loadtest.bench", "--quick", "--models-dir", str(built_models),
-               "--output", str(tmp_path), "--markdown", str(tmp_path / "BENCHMARKS.md")]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+               "--output", str(folder), "--markdown", str(folder / "BENCHMARKS.md")]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((folder / "results.json").read_text()), (folder / "BENCHMARKS.md").read_text()
+
+
+def test_ceiling_and_profile(quick_bench):
+    results, _ = quick_bench
     assert {row["variant"] for row in results["ceiling"]} == {"onnx-fp32", "onnx-int8", "onnx-int4", "gptq-int4"}
     for row in results["ceiling"]:
         assert row["fraction_of_ceiling"] == pytest.approx(row["tokens_per_s"] / row["ceiling_tokens_per_s"])
         assert 0 < row["fraction_of_ceiling"] < 2  # above the ceiling would mean the model is not being read
+        assert 0 < row["share_in_onnxruntime"] <= 1
     smallest = min(results["ceiling"], key=lambda row: row["weight_mb"])
     assert smallest["ceiling_tokens_per_s"] == max(row["ceiling_tokens_per_s"] for row in results["ceiling"])
+    assert sum(op["share"] for op in results["profile"]) == pytest.approx(1.0)
+    assert "MatMulNBits" in {op["op"] for op in results["profile"]}
+
+
+def test_batching_and_backends(quick_bench):
+    results, _ = quick_bench
     [one, *more] = results["batching"]
     assert one["scaling_vs_1_stream"] == 1.0 and all(row["tokens_per_s"] > 0 for row in more)
-    assert "| onnx-int4 |" in (tmp_path / "BENCHMARKS.md").read_text()
+    assert {row["vllm"] for row in results["backends"]} == {"vllm fp32"}
+    for row in results["backends"]:
+        assert row["onnx_over_vllm_tokens_per_s"] == pytest.approx(row["onnx_tokens_per_s"] / row["vllm_tokens_per_s"])
+        assert row["vllm_over_onnx_ttft"] == pytest.approx(row["vllm_ttft_ms"] / row["onnx_ttft_ms"])
+
+
+def test_router_overhead(quick_bench):
+    results, _ = quick_bench
+    [row] = results["router"]
+    assert row["added_p50_ms"] == pytest.approx(row["routed_p50_ms"] - row["direct_p50_ms"])
+    assert row["throughput_ratio"] == pytest.approx(row["routed_rps"] / row["direct_rps"])
+    assert row["direct_p50_ms"] > 0 and row["health_p50_ms"] > 0 and row["itl_ratio"] > 0
+
+
+def test_variants_and_headroom(quick_bench):
+    results, markdown = quick_bench
+    [int4] = [row for row in results["variants"] if row["variant"] == "onnx-int4"]
+    assert int4["usd_per_m_output_tokens"] > 0 and 0.2 < int4["size_vs_fp16"] < 0.5
+    assert all(row["requests_per_s"] > 0 and row["errors"] == 0 for row in results["headroom"])
+    for section in range(1, 7):
+        assert f"## {section}. " in markdown

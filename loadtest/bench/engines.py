@@ -1,21 +1,17 @@
-"""`make bench`: in-process benchmarks of the ONNX engine, reported as ratios measured side by side.
+"""In-process engine benchmarks: decode against the memory-bandwidth ceiling (with where the time goes),
+continuous batching against transformers `generate`, and the ONNX engine against vLLM's at the same precision.
 
-So far (the rest of the benchmark issue is open): (1) each variant's batch-1 decode speed as a fraction of
-the memory-bandwidth ceiling measured in the same run, and (2) continuous-batching throughput at several
-concurrent streams against Hugging Face transformers' `generate` with the same batch. Every figure is the
-median of `--repeats` interleaved measurements. Writes bench/results.json and BENCHMARKS.md.
+Every engine call runs on one event loop that lives as long as the benchmark (vLLM's engine is bound to the
+loop it was created on).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import platform
 import statistics
-import sys
 import time
-from datetime import UTC, datetime
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +20,12 @@ from quantize.manifest import read_manifest
 
 CHAT_VARIANTS = ("onnx-fp32", "onnx-int8", "onnx-int4", "gptq-int4")
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]
+DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16"}
+LOOP = asyncio.new_event_loop()
+
+
+def run(coroutine):
+    return LOOP.run_until_complete(coroutine)
 
 
 def memory_bandwidth_gbs(size_mb: int = 512) -> float:
@@ -36,28 +38,43 @@ def memory_bandwidth_gbs(size_mb: int = 512) -> float:
     return 2 * source.nbytes / (time.perf_counter() - started) / 1e9
 
 
-def engine_for(folder: Path, slots: int):
+def onnx_engine(folder: Path, slots: int):
     from serving.engines.onnx_engine import OnnxEngine, OnnxEngineConfig
 
     return OnnxEngine(OnnxEngineConfig(folder, max_batch_size=slots, max_queue=64, context_length=512, threads=1))
 
 
-def engine_tokens_per_second(engine, streams: int, tokens: int) -> float:
-    """Generated tokens per second with `streams` greedy requests decoding together."""
-    from serving.engines.base import SamplingParams
-    from serving.engines.onnx_engine import collect
+def vllm_engine(model_dir: Path, slots: int, dtype: str):
+    """vLLM's engine over the base folder, its caches inside the model folder."""
+    from serving.engines.vllm_engine import VllmEngine, VllmEngineConfig
 
-    prompt = engine.render_chat(PROMPT)
+    engine = VllmEngine(VllmEngineConfig(model_dir / "base", f"bench-{dtype}", max_batch_size=slots,
+                                         context_length=512, dtype=dtype, cache_dir=model_dir / ".cache" / "vllm"))
+    run(engine.start())
+    return engine
+
+
+def stream_figures(engine, streams: int, tokens: int) -> dict[str, float]:
+    """`streams` greedy requests of exactly `tokens` tokens started together: total tokens/s and median TTFT."""
+    from serving.engines.base import SamplingParams
+
+    prompt_ids = engine.encode(engine.render_chat(PROMPT))
     params = SamplingParams(max_tokens=tokens, temperature=0)
 
-    async def run() -> int:
-        outputs = await asyncio.gather(*(collect(engine.generate(f"b{i}-{time.monotonic_ns()}", prompt, params))
-                                         for i in range(streams)))
-        return sum(o.completion_tokens for o in outputs)
+    async def one(index: int) -> tuple[float, int]:
+        started, first, generated = time.perf_counter(), None, 0
+        async for output in engine.generate(f"bench-{index}-{time.monotonic_ns()}", prompt_ids, params):
+            first = first or time.perf_counter() - started
+            generated = output.completion_tokens
+        return first, generated
+
+    async def together() -> list[tuple[float, int]]:
+        return await asyncio.gather(*(one(i) for i in range(streams)))
 
     started = time.perf_counter()
-    generated = asyncio.run(run())
-    return generated / (time.perf_counter() - started)
+    results = run(together())
+    elapsed = time.perf_counter() - started
+    return {"tokens_per_s": sum(g for _, g in results) / elapsed, "ttft_s": statistics.median(f for f, _ in results)}
 
 
 def transformers_tokens_per_second(model, tokenizer, streams: int, tokens: int) -> float:
@@ -72,27 +89,67 @@ def transformers_tokens_per_second(model, tokenizer, streams: int, tokens: int) 
     return streams * tokens / (time.perf_counter() - started)
 
 
+# --- 3. hardware limit -------------------------------------------------------------------------------------------
+
+
 def bench_ceiling(model_dir: Path, repeats: int, tokens: int) -> list[dict]:
+    """Batch-1 decode of each variant as a fraction of bandwidth / weight bytes, and the share of the time spent
+    inside ONNX Runtime (the rest is Python: sampling, detokenizing, scheduling)."""
     manifest = read_manifest(model_dir)
-    engines = {name: engine_for(model_dir / name / manifest.variants[name].serve_paths["onnx"], 1)
+    engines = {name: onnx_engine(model_dir / name / manifest.variants[name].serve_paths["onnx"], 1)
                for name in CHAT_VARIANTS if name in manifest.variants}
-    samples: dict[str, list[float]] = {name: [] for name in engines}
+    speeds: dict[str, list[float]] = defaultdict(list)
+    in_runtime: dict[str, list[float]] = defaultdict(list)
     bandwidth = []
     for _ in range(repeats):  # interleaved: every variant and the bandwidth once per round
         bandwidth.append(memory_bandwidth_gbs())
         for name, engine in engines.items():
-            samples[name].append(engine_tokens_per_second(engine, 1, tokens))
+            busy, started = engine.stats().busy_seconds_total, time.perf_counter()
+            speeds[name].append(stream_figures(engine, 1, tokens)["tokens_per_s"])
+            in_runtime[name].append((engine.stats().busy_seconds_total - busy) / (time.perf_counter() - started))
     for engine in engines.values():
         engine.shutdown()
     gbs = statistics.median(bandwidth)
     rows = []
-    for name, speeds in samples.items():
+    for name in engines:
         weight_bytes = manifest.variants[name].total_bytes
-        ceiling = gbs * 1e9 / weight_bytes
-        speed = statistics.median(speeds)
+        ceiling, speed = gbs * 1e9 / weight_bytes, statistics.median(speeds[name])
         rows.append({"variant": name, "fraction_of_ceiling": speed / ceiling, "tokens_per_s": speed,
-                     "ceiling_tokens_per_s": ceiling, "weight_mb": weight_bytes / 1e6, "bandwidth_gbs": gbs})
+                     "ceiling_tokens_per_s": ceiling, "weight_mb": weight_bytes / 1e6, "bandwidth_gbs": gbs,
+                     "share_in_onnxruntime": statistics.median(in_runtime[name])})
     return rows
+
+
+def profile_decode_ops(folder: Path, steps: int) -> list[dict]:
+    """ONNX Runtime's own profiler over one prefill and `steps` batch-1 decode steps: time per operator type."""
+    import onnxruntime as ort
+
+    from serving.engines.onnx_model import SlotKVModel
+
+    model = SlotKVModel(folder, slots=1, context_length=512)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path("/tmp") / f"quantserve-profile-{time.monotonic_ns()}")
+    model.session = ort.InferenceSession(str(folder / model.shape.filename), options,
+                                         providers=["CPUExecutionProvider"])
+    prompt = np.arange(1, 33)[None, :]
+    logits = model.forward(0, prompt, [prompt.shape[1]])
+    for step in range(steps):
+        token = np.array([[int(np.argmax(logits[0, -1]))]])
+        logits = model.forward(0, token, [prompt.shape[1] + step + 1])
+    trace = Path(model.session.end_profiling())
+    per_op: dict[str, float] = defaultdict(float)
+    for event in json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            per_op[event["args"]["op_name"]] += event["dur"]
+    trace.unlink(missing_ok=True)
+    total = sum(per_op.values())
+    return [{"op": op, "share": micros / total, "ms_per_step": micros / 1000 / (steps + 1)}
+            for op, micros in sorted(per_op.items(), key=lambda item: -item[1])]
+
+
+# --- 2. continuous batching ----------------------------------------------------------------------------------------
 
 
 def bench_batching(model_dir: Path, levels: list[int], repeats: int, tokens: int) -> list[dict]:
@@ -103,12 +160,12 @@ def bench_batching(model_dir: Path, levels: list[int], repeats: int, tokens: int
     base = model_dir / "base"
     tokenizer = AutoTokenizer.from_pretrained(base, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-    engine = engine_for(model_dir / "onnx-fp32", max(levels))
-    ours: dict[int, list[float]] = {n: [] for n in levels}
-    theirs: dict[int, list[float]] = {n: [] for n in levels}
+    engine = onnx_engine(model_dir / "onnx-fp32", max(levels))
+    ours: dict[int, list[float]] = defaultdict(list)
+    theirs: dict[int, list[float]] = defaultdict(list)
     for _ in range(repeats):
         for n in levels:
-            ours[n].append(engine_tokens_per_second(engine, n, tokens))
+            ours[n].append(stream_figures(engine, n, tokens)["tokens_per_s"])
             theirs[n].append(transformers_tokens_per_second(model, tokenizer, n, tokens))
     engine.shutdown()
     single = statistics.median(ours[levels[0]])
@@ -120,60 +177,33 @@ def bench_batching(model_dir: Path, levels: list[int], repeats: int, tokens: int
     return rows
 
 
-def render_markdown(results: dict) -> str:
-    lines = ["# Benchmarks", "", f"Run {results['date']} on {results['machine']}; `make bench` "
-             f"(repeats {results['repeats']}, {results['tokens']} tokens per request). Every figure is a median; "
-             "ratios are of two things measured in the same run, interleaved.", "",
-             "## Batch-1 decode against the memory-bandwidth ceiling", "",
-             "Ceiling = measured copy bandwidth ÷ bytes of weights read per token (the variant's size).", "",
-             "| variant | fraction of ceiling | tok/s | ceiling tok/s | weights MB | bandwidth GB/s |",
-             "|---|---|---|---|---|---|"]
-    for row in results["ceiling"]:
-        lines.append(f"| {row['variant']} | {row['fraction_of_ceiling']:.2f} | {row['tokens_per_s']:.1f} | "
-                     f"{row['ceiling_tokens_per_s']:.0f} | {row['weight_mb']:.0f} | {row['bandwidth_gbs']:.1f} |")
-    lines += ["", "Speeds are whole greedy requests (a ~40-token chat prompt's prefill included) through the engine, "
-              "one ONNX Runtime thread. Not profiled yet: the 4-bit variants' distance from their ceiling is "
-              "expected to be compute (MatMulNBits with int8 activations on AVX2) and per-step overhead (the full "
-              "49,152-wide logits row copied and sampled in Python), not memory.",
-              "", "## Continuous batching (onnx-fp32) against transformers `generate` (fp32, same batch)", "",
-              "| streams | x 1 stream | x transformers | tok/s | transformers tok/s |", "|---|---|---|---|---|"]
-    for row in results["batching"]:
-        lines.append(f"| {row['streams']} | {row['scaling_vs_1_stream']:.2f} | {row['vs_transformers']:.2f} | "
-                     f"{row['tokens_per_s']:.1f} | {row['transformers_tokens_per_s']:.1f} |")
-    lines += ["", "Same prompt in every stream, started together; transformers runs fp32 with one torch thread and "
-              "left padding. Not measured here yet (open): router overhead, ONNX against vLLM, $ per 1M tokens per "
-              "variant from a load test (see the README's results), and the load generator's headroom."]
-    return "\n".join(lines) + "\n"
+# --- 4. backends ---------------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
-    parser.add_argument("--models-dir", default="models")
-    parser.add_argument("--quick", action="store_true", help="one round, short outputs: keeps the script working")
-    parser.add_argument("--output", default="bench", help="folder for results.json (default: %(default)s)")
-    parser.add_argument("--markdown", default="BENCHMARKS.md")
-    args = parser.parse_args(argv)
-    repeats, tokens, levels = (1, 8, [1, 2]) if args.quick else (3, 48, [1, 2, 4, 8])
-    model_dir = Path(args.models_dir) / "smollm2-135m"
-    if read_manifest(model_dir) is None:
-        print(f"bench: nothing built in {model_dir}; run `make variants` first", file=sys.stderr)
-        return 2
-    print("bench: decode against the bandwidth ceiling", flush=True)
-    ceiling = bench_ceiling(model_dir, repeats, tokens)
-    print("bench: continuous batching against transformers", flush=True)
-    batching = bench_batching(model_dir, levels, repeats, tokens)
-    results = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick, "repeats": repeats,
-               "tokens": tokens, "machine": f"{platform.processor() or platform.machine()}, "
-               f"{__import__('os').cpu_count()} CPUs, Python {platform.python_version()}",
-               "ceiling": ceiling, "batching": batching}
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    if args.markdown:
-        Path(args.markdown).write_text(render_markdown(results))
-    print(render_markdown(results))
-    return 0
+def bench_backends(model_dir: Path, levels: list[int], repeats: int, tokens: int, dtypes: list[str]) -> list[dict]:
+    """The ONNX engine (onnx-fp32) against vLLM's engine on the same float32 weights (the base folder), and vLLM in
+    bfloat16 (what quantserve.yaml serves) for context; every engine in this process, one thread of compute each."""
+    engines = {"onnx fp32": onnx_engine(model_dir / "onnx-fp32", max(levels))}
+    for dtype in dtypes:
+        engines[f"vllm {DTYPE_NAMES[dtype]}"] = vllm_engine(model_dir, max(levels), dtype)
+    samples: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for _ in range(repeats):
+        for n in levels:
+            for name, engine in engines.items():
+                samples[(name, n)].append(stream_figures(engine, n, tokens))
+    for engine in engines.values():
+        engine.shutdown()
+    rows = []
+    for n in levels:
+        onnx = _medians(samples[("onnx fp32", n)])
+        for name in (f"vllm {DTYPE_NAMES[d]}" for d in dtypes):
+            vllm = _medians(samples[(name, n)])
+            rows.append({"streams": n, "vllm": name, "onnx_over_vllm_tokens_per_s": onnx["tokens_per_s"]
+                         / vllm["tokens_per_s"], "vllm_over_onnx_ttft": vllm["ttft_s"] / onnx["ttft_s"],
+                         "onnx_tokens_per_s": onnx["tokens_per_s"], "vllm_tokens_per_s": vllm["tokens_per_s"],
+                         "onnx_ttft_ms": onnx["ttft_s"] * 1000, "vllm_ttft_ms": vllm["ttft_s"] * 1000})
+    return rows
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _medians(figures: list[dict]) -> dict[str, float]:
+    return {key: statistics.median(f[key] for f in figures) for key in figures[0]}

@@ -1,0 +1,140 @@
+"""`make bench` (`python -m loadtest.bench`): quantserve against its peers and the hardware limit, as ratios.
+
+This machine is shared and noisy, so every figure is a ratio of two things measured side by side in one run
+(interleaved, repeated, the median kept). Sections: (1) router overhead, (2) continuous batching against
+transformers, (3) decode against the memory-bandwidth ceiling with a profile, (4) the ONNX engine against vLLM's,
+(5) the variants with $ per 1M tokens from a short load test, (6) the load generator's headroom. Writes
+bench/results.json and BENCHMARKS.md; `--quick` runs every section at its smallest to keep the scripts working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from loadtest.bench import engines, headroom, router, variants
+from loadtest.bench.report import render_markdown
+from loadtest.machine import describe_machine, versions
+from quantize.manifest import read_manifest
+from serving.config import load_config, parse_config
+from serving.launcher import running_app
+from serving.serve_cli import LOOPBACK_ENV
+
+SECTIONS = ("router", "batching", "ceiling", "backends", "variants", "headroom")
+MODEL = "smollm2-135m"
+ROUTED = "onnx-int4"
+
+
+def bench_config(config_path: Path, models_dir: str, live: list[str] | None) -> dict:
+    """The config file with only the chat model; `live` variants served (all when None)."""
+    config = yaml.safe_load(config_path.read_text())
+    config["models_dir"] = models_dir
+    config["models"] = [m for m in config["models"] if m["name"] == MODEL]
+    for variant in config["models"][0]["variants"]:
+        variant.setdefault("serve", {})["enabled"] = live is None or variant["name"] in live
+    return config
+
+
+def serving_sections(args, plan: dict, folder: Path) -> dict:
+    """Sections that need the application running: router overhead (in each data-plane mode) and the variants."""
+    results = {}
+    live = [ROUTED] if args.quick else None
+    config_file = folder / "bench.yaml"
+    config_file.write_text(yaml.safe_dump(bench_config(Path(args.config), args.models_dir, live)))
+    if "router" in args.sections:
+        results["router"] = []
+        routed_only = folder / "router.yaml"
+        routed_only.write_text(yaml.safe_dump(bench_config(Path(args.config), args.models_dir, [ROUTED])))
+        for mode, extra in plan["router_modes"]:
+            print(f"bench: router overhead, {mode}", flush=True)
+            with running_app(routed_only, folder / f"router-{mode}.log", extra_args=extra) as app:
+                row = router.bench_router(app.url, app.ray_address, f"{MODEL}--{ROUTED}", f"{MODEL}:{ROUTED}",
+                                          plan["repeats"], plan["router_requests"])
+            results["router"].append({"mode": mode, **row})
+    if "variants" in args.sections:
+        print("bench: variants, with a short load test of each", flush=True)
+        with running_app(config_file, folder / "variants.log") as app:
+            sweep = variants.short_sweep(app.url, config_file, plan["sweep_users"], plan["sweep_duration"], folder)
+        results["variants"] = variants.bench_variants(parse_config(yaml.safe_load(config_file.read_text())), sweep)
+        results["sweep_max_requests_per_s"] = max(s["requests_per_s"] for s in sweep["summaries"])
+    return results
+
+
+def engine_sections(args, plan: dict, model_dir: Path) -> dict:
+    results = {}
+    if "ceiling" in args.sections:
+        print("bench: decode against the bandwidth ceiling", flush=True)
+        results["ceiling"] = engines.bench_ceiling(model_dir, plan["repeats"], plan["tokens"])
+        results["profile"] = engines.profile_decode_ops(model_dir / "onnx-int4", plan["profile_steps"])
+    if "batching" in args.sections:
+        print("bench: continuous batching against transformers", flush=True)
+        results["batching"] = engines.bench_batching(model_dir, plan["levels"], plan["repeats"], plan["tokens"])
+    if "backends" in args.sections:
+        print("bench: the ONNX engine against vLLM's", flush=True)
+        results["backends"] = engines.bench_backends(model_dir, plan["backend_levels"], plan["repeats"],
+                                                     plan["tokens"], plan["vllm_dtypes"])
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="quantserve.yaml")
+    parser.add_argument("--models-dir", default="models")
+    parser.add_argument("--quick", action="store_true", help="one round, smallest sizes: keeps the scripts working")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma list of %(default)s")
+    parser.add_argument("--output", default="bench", help="folder for results.json (default: %(default)s)")
+    parser.add_argument("--markdown", default="BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    load_config(args.config)  # one-line error now if the config is bad
+    model_dir = Path(args.models_dir) / MODEL
+    if read_manifest(model_dir) is None:
+        print(f"bench: nothing built in {model_dir}; run `make variants` first", file=sys.stderr)
+        return 2
+    # The router section joins the application's Ray cluster as a driver: on 127.0.0.1, with the cluster's token
+    # (a local Ray cluster turns token authentication on and keeps the token in Ray's own folder).
+    os.environ.update({**LOOPBACK_ENV, "RAY_AUTH_MODE": "token"})
+    plan = quick_plan() if args.quick else full_plan()
+    folder = Path(tempfile.mkdtemp(prefix="quantserve-bench-"))
+    results = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick, "plan": plan,
+               "machine": describe_machine(), "versions": versions(), "sections": args.sections}
+    results |= engine_sections(args, plan, model_dir)
+    results |= serving_sections(args, plan, folder)
+    if "headroom" in args.sections:
+        print("bench: load-generator headroom", flush=True)
+        results["headroom"] = headroom.bench_headroom(plan["headroom_users"], plan["headroom_seconds"], folder)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = render_markdown(results)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    print(text)
+    return 0
+
+
+def full_plan() -> dict:
+    return {"repeats": 3, "tokens": 48, "levels": [1, 2, 4, 8, 16], "backend_levels": [1, 2, 4, 8],
+            "vllm_dtypes": ["float32", "bfloat16"], "profile_steps": 64, "router_requests": 64,
+            "router_modes": [("throughput-optimized", ()), ("default data plane", ("--no-throughput-mode",))],
+            "sweep_users": "1,2,4", "sweep_duration": "15s", "headroom_users": [8, 32], "headroom_seconds": 10}
+
+
+def quick_plan() -> dict:
+    return {"repeats": 1, "tokens": 8, "levels": [1, 2], "backend_levels": [1, 2], "vllm_dtypes": ["float32"],
+            "profile_steps": 4, "router_requests": 8, "router_modes": [("throughput-optimized", ())],
+            "sweep_users": "1", "sweep_duration": "3s", "headroom_users": [4], "headroom_seconds": 3}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
