@@ -196,16 +196,16 @@ class Generation:
         labels = RequestLabels(variant.model, variant.variant, variant.backend, self.endpoint)
         outputs = list(self.final.values())
         first = self.firsts[0] if self.firsts and "error" not in self.firsts[0] else {}
+        prompt_tokens, generated = first.get("prompt_tokens", 0), sum(o["completion_tokens"] for o in outputs)
         self.metrics.record_request(
             labels, status_code=status, e2e_seconds=time.monotonic() - self.arrival,
             ttft_seconds=(self.first_token_at - self.arrival) if self.first_token_at else None,
             inter_token_seconds=self.token_gaps, queue_wait_seconds=first.get("queue_seconds"),
-            prompt_tokens=first.get("prompt_tokens", 0),
-            generated_tokens=sum(o["completion_tokens"] for o in outputs),
+            prompt_tokens=prompt_tokens, generated_tokens=generated,
             replica_seconds=sum(o["replica_seconds"] for o in outputs), price_per_hour=variant.price_per_hour,
         )
         if self.charge is not None:
-            self.charge(first.get("prompt_tokens", 0) * len(outputs) + sum(o["completion_tokens"] for o in outputs))
+            self.charge(prompt_tokens + generated)  # as the response's usage counts them
 
 
 def _merge(previous: dict | None, output: dict) -> dict:

@@ -36,7 +36,7 @@ app.add_middleware(AdmissionMiddleware)
 # What the /v1 routes may answer besides 200, each with OpenAI's error body (documented in /openapi.json).
 ERRORS = {status: {"model": p.ErrorResponse, "description": description} for status, description in {
     400: "invalid request, or over a server limit", 401: "missing or wrong API key", 404: "unknown model",
-    413: "request body too large", 429: "rate limit reached (Retry-After)",
+    413: "request body too large", 429: "rate limit reached (Retry-After)", 502: "the replica failed mid-request",
     503: "no healthy replica, overloaded or shutting down (Retry-After)", 504: "request timeout"}.items()}
 # Generation routes answer JSON, or server-sent events when the request asks for `stream`.
 GENERATION_RESPONSES = {**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE if stream"}}
@@ -45,6 +45,9 @@ GENERATION_RESPONSES = {**ERRORS, 200: {"content": {"text/event-stream": {}}, "d
 @app.exception_handler(p.ApiError)
 async def _api_error(_: Request, exc: p.ApiError) -> JSONResponse:
     return error_response(exc)
+
+
+UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
 def error_param(location: tuple) -> str | None:
@@ -58,9 +61,6 @@ def error_param(location: tuple) -> str | None:
             break
         path.append(str(part))
     return ".".join(path) or None
-
-
-UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
 @app.exception_handler(RequestValidationError)

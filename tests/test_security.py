@@ -185,6 +185,6 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error_and_no_nonconforming_r
         "--workers", "1", "--request-timeout", "60", "--generation-database", "none", "--no-color",
         "--report", "junit", "--report-dir", str(tmp_path),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "generated" in result.stdout  # it did test cases

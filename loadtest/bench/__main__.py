@@ -43,28 +43,35 @@ def bench_config(config_path: Path, models_dir: str, live: list[str] | None) -> 
 
 
 def serving_sections(args, plan: dict, folder: Path) -> dict:
-    """Sections that need the application running: router overhead (in each data-plane mode) and the variants."""
+    """Sections that need the application running: router overhead (in each data-plane mode, the routed variant
+    alone) and the variants (every variant; in quick mode only the routed one, so one application serves both)."""
     results = {}
-    live = [ROUTED] if args.quick else None
-    config_file = folder / "bench.yaml"
-    config_file.write_text(yaml.safe_dump(bench_config(Path(args.config), args.models_dir, live)))
+    routed_only = folder / "router.yaml"
+    routed_only.write_text(yaml.safe_dump(bench_config(Path(args.config), args.models_dir, [ROUTED])))
+    every_variant = folder / "bench.yaml"
+    every_variant.write_text(yaml.safe_dump(bench_config(Path(args.config), args.models_dir, None)))
+    variants_config = routed_only if args.quick else every_variant
     if "router" in args.sections:
         results["router"] = []
-        routed_only = folder / "router.yaml"
-        routed_only.write_text(yaml.safe_dump(bench_config(Path(args.config), args.models_dir, [ROUTED])))
         for mode, extra in plan["router_modes"]:
             print(f"bench: router overhead, {mode}", flush=True)
             with running_app(routed_only, folder / f"router-{mode}.log", extra_args=extra) as app:
                 row = router.bench_router(app.url, app.ray_address, f"{MODEL}--{ROUTED}", f"{MODEL}:{ROUTED}",
                                           plan["repeats"], plan["router_requests"])
-            results["router"].append({"mode": mode, **row})
-    if "variants" in args.sections:
-        print("bench: variants, with a short load test of each", flush=True)
-        with running_app(config_file, folder / "variants.log") as app:
-            sweep = variants.short_sweep(app.url, config_file, plan["sweep_users"], plan["sweep_duration"], folder)
-        results["variants"] = variants.bench_variants(parse_config(yaml.safe_load(config_file.read_text())), sweep)
-        results["sweep_max_requests_per_s"] = max(s["requests_per_s"] for s in sweep["summaries"])
+                results["router"].append({"mode": mode, **row})
+                if args.quick and "variants" in args.sections:
+                    results |= variants_section(app, variants_config, plan, folder)
+    if "variants" in args.sections and "variants" not in results:
+        with running_app(variants_config, folder / "variants.log") as app:
+            results |= variants_section(app, variants_config, plan, folder)
     return results
+
+
+def variants_section(app, config_file: Path, plan: dict, folder: Path) -> dict:
+    print("bench: variants, with a short load test of each", flush=True)
+    sweep = variants.short_sweep(app.url, config_file, plan["sweep_users"], plan["sweep_duration"], folder)
+    return {"variants": variants.bench_variants(parse_config(yaml.safe_load(config_file.read_text())), sweep),
+            "sweep_max_requests_per_s": max(s["requests_per_s"] for s in sweep["summaries"])}
 
 
 def engine_sections(args, plan: dict, model_dir: Path) -> dict:
