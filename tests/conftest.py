@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,26 @@ REPO = Path(__file__).resolve().parent.parent
 QUANTSERVE = [sys.executable, "-m", "serving.cli"]
 BUILD_TIMEOUT_SECONDS = 1800
 REQUEST_TIMEOUT_SECONDS = 12
+
+
+def wait_for(condition, timeout: float) -> bool:
+    """Poll `condition` until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.25)
+    return False
+
+
+class HandClock:
+    """A clock the test moves by hand, for code that takes `clock=` (rate limits, time attribution)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def run_quantserve(*args: str, timeout: float = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from conftest import HandClock
 
 from serving import protocol as p
 from serving.admission import AdmissionPolicy
 from serving.auth import ANONYMOUS, ApiKey, ApiKeys, key_id, read_keys
 from serving.config import AuthConfig, ConfigError, LimitsConfig, RateLimitConfig
 from serving.rate_limits import RateLimiter
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 # --- API keys --------------------------------------------------------------------------------------
 
@@ -79,7 +71,7 @@ def test_no_limits_lets_everything_in_without_headers():
 
 
 def test_requests_per_minute_refuse_then_refill():
-    clock = FakeClock()
+    clock = HandClock()
     limiter = RateLimiter(RateLimitConfig(requests_per_minute=6), clock=clock)  # one request per 10 s
     remaining = [limiter.admit("k")["x-ratelimit-remaining-requests"] for _ in range(6)]
     assert remaining == ["5", "4", "3", "2", "1", "0"]
@@ -96,7 +88,7 @@ def test_requests_per_minute_refuse_then_refill():
 
 
 def test_tokens_per_minute_are_charged_after_the_fact_and_may_go_into_debt():
-    clock = FakeClock()
+    clock = HandClock()
     limiter = RateLimiter(RateLimitConfig(tokens_per_minute=600), clock=clock)  # 10 tokens per second
     limiter.admit("k")
     limiter.charge("k", 900)  # a long answer: 300 tokens of debt
@@ -109,7 +101,7 @@ def test_tokens_per_minute_are_charged_after_the_fact_and_may_go_into_debt():
 
 def test_per_key_limits_override_the_default():
     limiter = RateLimiter(RateLimitConfig(requests_per_minute=100), {"slow": {"requests_per_minute": "1"}},
-                          clock=FakeClock())
+                          clock=HandClock())
     limiter.admit("slow")
     with pytest.raises(p.ApiError):
         limiter.admit("slow")

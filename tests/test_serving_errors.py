@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from conftest import REQUEST_TIMEOUT_SECONDS
+from conftest import REQUEST_TIMEOUT_SECONDS, wait_for
 from tokenizers import Tokenizer
 
 from serving.engines.chat_template import ChatTemplate
@@ -149,15 +149,6 @@ def replica_metric(http, name: str, variant: str) -> float:
     values = pattern.findall(http.get("/metrics").text)
     assert values, f"{name} for {variant} is not in /metrics"
     return sum(float(v) for v in values)
-
-
-def wait_for(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.25)
-    return False
 
 
 def test_disconnect_frees_the_slot(http, serving_app):

@@ -4,23 +4,14 @@ processor-sharing attribution of replica time."""
 from __future__ import annotations
 
 import pytest
+from conftest import HandClock
 
 from serving.engines.base import EngineError
 from serving.engines.vllm_engine import ProcessorSharingClock, VllmEngineConfig, check_hardware, vllm_environment
 
 
-class FakeTime:
-    """A clock the test moves by hand (the attribution is arithmetic over timestamps)."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_two_overlapping_requests_share_the_busy_time():
-    time = FakeTime()
+    time = HandClock()
     clock = ProcessorSharingClock(time)
     first = clock.enter()
     time.now += 2  # alone for 2 s

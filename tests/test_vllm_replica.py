@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, wait_for
 
 from serving.launcher import AppStartError, running_app
 
@@ -75,15 +75,6 @@ def metric(base_url: str, name: str, **labels: str) -> float:
             total, found = total + float(match.group(2)), True
     assert found, f"{name} {labels} is not in /metrics"
     return total
-
-
-def wait_for(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.25)
-    return False
 
 
 # --- what is served, and readiness -----------------------------------------------------------------

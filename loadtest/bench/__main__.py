@@ -56,8 +56,8 @@ def serving_sections(args, plan: dict, folder: Path) -> dict:
         for mode, extra in plan["router_modes"]:
             print(f"bench: router overhead, {mode}", flush=True)
             with running_app(routed_only, folder / f"router-{mode}.log", extra_args=extra) as app:
-                row = router.bench_router(app.url, app.ray_address, f"{MODEL}--{ROUTED}", f"{MODEL}:{ROUTED}",
-                                          plan["repeats"], plan["router_requests"])
+                row = router.bench_router_in_subprocess(app.url, app.ray_address, f"{MODEL}--{ROUTED}",
+                                                        f"{MODEL}:{ROUTED}", plan["repeats"], plan["router_requests"])
                 results["router"].append({"mode": mode, **row})
                 if args.quick and "variants" in args.sections:
                     results |= variants_section(app, variants_config, plan, folder)

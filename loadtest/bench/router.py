@@ -7,8 +7,12 @@ extra hop, and streaming: inter-token latency seen through the router against at
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 
@@ -80,6 +84,18 @@ async def _itl(call, tokens: int) -> float:
     return itl_ms((await call(tokens))[1])
 
 
+def bench_router_in_subprocess(url: str, ray_address: str, deployment: str, model_id: str, repeats: int,
+                               requests: int) -> dict:
+    """`bench_router` in a process of its own: a driver process joins one Ray cluster only (Serve keeps handles and
+    its client per process, and they would point at the previous cluster's replicas)."""
+    command = [sys.executable, "-m", "loadtest.bench.router", url, ray_address, deployment, model_id,
+               "--repeats", str(repeats), "--requests", str(requests)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"router benchmark failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def bench_router(url: str, ray_address: str, deployment: str, model_id: str, repeats: int, requests: int,
                  clients: int = 8, stream_tokens: int = 48) -> dict:
     import ray
@@ -113,3 +129,18 @@ def bench_router(url: str, ray_address: str, deployment: str, model_id: str, rep
             "routed_p99_ms": p99["routed"], "health_p50_ms": p50["health"], "direct_rps": direct_rps,
             "routed_rps": routed_rps, "direct_itl_ms": direct_itl, "routed_itl_ms": routed_itl,
             "stream_tokens": stream_tokens}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="router overhead against one running application; JSON on stdout")
+    for name in ("url", "ray_address", "deployment", "model_id"):
+        parser.add_argument(name)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=64)
+    args = parser.parse_args()
+    result = bench_router(args.url, args.ray_address, args.deployment, args.model_id, args.repeats, args.requests)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

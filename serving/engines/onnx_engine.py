@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving.engines.base import EngineError, EngineStats, GenerationOutput, SamplingParams
-from serving.engines.chat_template import ChatTemplate
 from serving.engines.onnx_model import SlotKVModel
+from serving.engines.prompts import PromptEncoder
 from serving.engines.scheduler import ContinuousBatcher
 
 _NOTHING = object()
@@ -25,24 +25,14 @@ class OnnxEngineConfig:
 
 class OnnxEngine:
     def __init__(self, config: OnnxEngineConfig) -> None:
-        from tokenizers import Tokenizer
-
         self.config = config
-        self.tokenizer = Tokenizer.from_file(str(config.folder / "tokenizer.json"))
-        self.tokenizer.no_truncation()
-        self.tokenizer.no_padding()
-        self.chat_template = ChatTemplate.from_folder(config.folder)
+        self.prompts = PromptEncoder(config.folder)
+        self.render_chat, self.encode = self.prompts.render_chat, self.prompts.encode
         model = SlotKVModel(config.folder, config.max_batch_size, config.context_length, config.threads)
-        self.batcher = ContinuousBatcher(model, self.tokenizer, config.max_queue)
+        self.batcher = ContinuousBatcher(model, self.prompts.tokenizer, config.max_queue)
 
     async def start(self) -> None:
         return None
-
-    def render_chat(self, messages: list[dict]) -> str:
-        return self.chat_template.render(messages)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     async def generate(self, request_id: str, prompt: str | list[int],
                        params: SamplingParams) -> AsyncIterator[GenerationOutput]:

@@ -26,7 +26,7 @@ from serving.engines.base import (
     TokenLogprob,
     check_prompt_fits,
 )
-from serving.engines.chat_template import ChatTemplate
+from serving.engines.prompts import PromptEncoder
 
 WARMUP_PROMPT = [1, 2, 3, 4]  # token ids: the first forward pass is slow; pay for it before reporting ready
 
@@ -108,13 +108,9 @@ class ProcessorSharingClock:
 
 class VllmEngine:
     def __init__(self, config: VllmEngineConfig) -> None:
-        from tokenizers import Tokenizer
-
         self.config = config
-        self.tokenizer = Tokenizer.from_file(str(config.folder / "tokenizer.json"))
-        self.tokenizer.no_truncation()
-        self.tokenizer.no_padding()
-        self.chat_template = ChatTemplate.from_folder(config.folder)
+        self.prompts = PromptEncoder(config.folder)
+        self.render_chat, self.encode = self.prompts.render_chat, self.prompts.encode
         self.clock = ProcessorSharingClock()
         self.engine = None
         self.scheduler_stats = None  # the latest vllm SchedulerStats, set by the stat logger
@@ -137,12 +133,6 @@ class VllmEngine:
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[stats_sink_factory(self)])
         async for _ in self.generate("warmup", WARMUP_PROMPT, SamplingParams(max_tokens=2, temperature=0)):
             pass
-
-    def render_chat(self, messages: list[dict]) -> str:
-        return self.chat_template.render(messages)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     async def generate(self, request_id: str, prompt: str | list[int],
                        params: SamplingParams) -> AsyncIterator[GenerationOutput]:
@@ -182,7 +172,7 @@ class VllmEngine:
     def _logprobs(self, choice, top: int | None) -> list[TokenLogprob]:
         if top is None or not choice.logprobs:
             return []
-        decode, items = self.tokenizer.id_to_token, []
+        decode, items = self.prompts.tokenizer.id_to_token, []
         for token, candidates in zip(choice.token_ids, choice.logprobs, strict=True):
             ranked = sorted((c.rank, t, c.logprob) for t, c in candidates.items() if c.rank is not None)
             alternatives = tuple((decode(t), logprob) for rank, t, logprob in ranked if rank <= top)
