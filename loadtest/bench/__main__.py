@@ -98,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma list of %(default)s")
     parser.add_argument("--output", default="bench", help="folder for results.json (default: %(default)s)")
     parser.add_argument("--markdown", default="BENCHMARKS.md")
+    parser.add_argument("--render", metavar="RESULTS_JSON", help="only write --markdown from a results.json")
     args = parser.parse_args(argv)
+    if args.render:
+        Path(args.markdown).write_text(render_markdown(json.loads(Path(args.render).read_text())))
+        return 0
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:

