@@ -44,6 +44,15 @@ def stream_events(url: str, body: dict, events: list, started: threading.Event) 
                 started.set()
 
 
+def start_stream(url: str, body: dict) -> tuple[threading.Thread, list]:
+    """A completion stream read in a thread; returns once its first event arrived (the thread and its events)."""
+    events, started = [], threading.Event()
+    reader = threading.Thread(target=stream_events, args=(url, body, events, started), daemon=True)
+    reader.start()
+    assert started.wait(30), "the stream did not start"
+    return reader, events
+
+
 def replica_process(app, deployment: str) -> psutil.Process:
     """The Ray Serve replica process of `deployment`, found among the processes this application started."""
     for process in psutil.Process(app.process.pid).children(recursive=True):
@@ -59,11 +68,7 @@ def ready(app) -> dict:
 def test_a_killed_replica_ends_its_streams_cleanly_falls_back_and_comes_back(fault_app):
     app = fault_app
     victim = replica_process(app, f"{MODEL}--onnx-int4")
-    events, started = [], threading.Event()
-    body = {"model": INT4, "max_tokens": 800, "stream": True, **COUNTING}
-    reader = threading.Thread(target=stream_events, args=(app.url, body, events, started), daemon=True)
-    reader.start()
-    assert started.wait(30), "the stream did not start"
+    reader, events = start_stream(app.url, {"model": INT4, "max_tokens": 800, "stream": True, **COUNTING})
     killed_at = time.monotonic()
     victim.send_signal(signal.SIGKILL)
 
@@ -92,11 +97,7 @@ def test_a_killed_replica_ends_its_streams_cleanly_falls_back_and_comes_back(fau
 
 def test_sigterm_refuses_new_requests_finishes_in_flight_ones_then_exits(fault_app):
     app = fault_app
-    events, started = [], threading.Event()
-    body = {"model": GPTQ, "max_tokens": 60, "stream": True, **COUNTING}
-    reader = threading.Thread(target=stream_events, args=(app.url, body, events, started), daemon=True)
-    reader.start()
-    assert started.wait(30), "the stream did not start"
+    reader, events = start_stream(app.url, {"model": GPTQ, "max_tokens": 60, "stream": True, **COUNTING})
     signalled_at = time.monotonic()
     os.kill(app.process.pid, signal.SIGTERM)
 

@@ -91,7 +91,7 @@ class EngineStats:
 
 
 class TextEngine(Protocol):
-    """What a chat/completion backend provides (ONNX Runtime here, vLLM elsewhere)."""
+    """What a chat/completion backend provides: ONNX Runtime (onnx_engine.py) or vLLM (vllm_engine.py)."""
 
     async def start(self) -> None: ...
 
@@ -103,3 +103,5 @@ class TextEngine(Protocol):
     def stats(self) -> EngineStats: ...
 
     def render_chat(self, messages: list[dict]) -> str: ...
+
+    def encode(self, text: str) -> list[int]: ...

@@ -115,6 +115,7 @@ class VllmEngine:
         self.engine = None
         self.scheduler_stats = None  # the latest vllm SchedulerStats, set by the stat logger
         self.generated_tokens_total = 0
+        self._aborting: set = set()
 
     async def start(self) -> None:
         """Start vLLM's engine (tens of seconds to minutes) and run one warm-up request."""
@@ -182,7 +183,9 @@ class VllmEngine:
     def abort(self, request_id: str) -> None:
         import asyncio
 
-        asyncio.get_running_loop().create_task(self.engine.abort(request_id))
+        task = asyncio.get_running_loop().create_task(self.engine.abort(request_id))
+        self._aborting.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(self._aborting.discard)
 
     def stats(self) -> EngineStats:
         scheduler = self.scheduler_stats
