@@ -28,20 +28,30 @@ SAMPLE_EVERY_S = 15.0
 WINDOW_S = 60.0  # "first minute" and "last minute" of the drift figures
 
 
+REPLICA_TITLE = "ServeReplica:quantserve:"  # Ray's process title: ray::ServeReplica:APP:DEPLOYMENT[.METHOD]
+
+
 def serve_processes(root_pid: int) -> dict[str, list]:
-    """Router and replica processes of the application under `root_pid`, each with its own children."""
+    """Deployment name -> [its replica process, that process's children], for the application under `root_pid`."""
     import psutil
 
     found = {}
     for process in psutil.Process(root_pid).children(recursive=True):
         try:
-            title = next((part for part in process.cmdline() if "ServeReplica:quantserve:" in part), None)
+            title = next((part for part in process.cmdline() if REPLICA_TITLE in part), None)
         except psutil.Error:
             continue
         if title:
-            name = title.split("ServeReplica:quantserve:", 1)[1].split(".", 1)[0].split()[0]
-            found[name] = [process, *process.children(recursive=True)]
+            found[deployment_of(title)] = [process, *process.children(recursive=True)]
     return found
+
+
+def deployment_of(title: str) -> str:
+    """The deployment in a replica's process title, without the `.method` Ray appends while one runs (deployment
+    names may hold dots too, but never a whole identifier after the last one: they hold `--`)."""
+    rest = title.split(REPLICA_TITLE, 1)[1].split()[0]
+    name, _, method = rest.rpartition(".")
+    return name if name and method.isidentifier() else rest
 
 
 def rss_mb(root_pid: int) -> dict[str, float]:

@@ -27,7 +27,7 @@ class AdmissionPolicy:
         self.draining = False
         self.in_flight = 0
 
-    def admit(self, path: str, method: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+    def admit(self, method: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
         """(key id, response headers) for a request that may go on; an ApiError otherwise."""
         if self.draining:
             raise p.ApiError(503, "the server is shutting down; retry on another replica", code="shutting_down",
@@ -52,7 +52,7 @@ class AdmissionMiddleware:
             return
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         try:
-            key_id, extra_headers = policy.admit(scope["path"], scope["method"], headers)
+            key_id, extra_headers = policy.admit(scope["method"], headers)
         except p.ApiError as exc:
             if exc.status == 401:
                 logger.warning("refused %s %s: %s", scope["method"], scope["path"], exc.message)

@@ -17,6 +17,8 @@ import psutil
 import pytest
 from conftest import app_config, started_app
 
+from loadtest.soak import serve_processes
+
 pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m"
@@ -55,10 +57,9 @@ def start_stream(url: str, body: dict) -> tuple[threading.Thread, list]:
 
 def replica_process(app, deployment: str) -> psutil.Process:
     """The Ray Serve replica process of `deployment`, found among the processes this application started."""
-    for process in psutil.Process(app.process.pid).children(recursive=True):
-        if any(f"ServeReplica:quantserve:{deployment}" in part for part in process.cmdline()):
-            return process
-    raise AssertionError(f"no replica process for {deployment}")
+    processes = serve_processes(app.process.pid)
+    assert deployment in processes, f"no replica process for {deployment}: {sorted(processes)}"
+    return processes[deployment][0]
 
 
 def ready(app) -> dict:

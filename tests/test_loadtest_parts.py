@@ -135,3 +135,15 @@ def test_locust_side_imports_no_serving_code():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("title", "deployment"), [
+    ("ray::ServeReplica:quantserve:Router", "Router"),
+    ("ray::ServeReplica:quantserve:smollm2-135m--vllm-bf16.initialize_and_get_metadata", "smollm2-135m--vllm-bf16"),
+    ("ray::ServeReplica:quantserve:qwen2.5-1b--onnx-int4", "qwen2.5-1b--onnx-int4"),
+    ("ray::ServeReplica:quantserve:qwen2.5-1b--onnx-int4.generate", "qwen2.5-1b--onnx-int4"),
+])
+def test_the_deployment_is_read_from_a_replica_process_title(title, deployment):
+    from loadtest.soak import deployment_of
+
+    assert deployment_of(title) == deployment
