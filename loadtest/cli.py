@@ -6,6 +6,7 @@ import argparse
 import functools
 import sys
 from pathlib import Path
+from quantserve.constants import DEFAULT_CONFIG_PATH
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -39,9 +40,9 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--slo-ttft-ms", type=float, default=0, help="SLO bound on time to first token (0: none)")
     run.add_argument("--slo-itl-ms", type=float, default=0, help="SLO bound on mean inter-token latency (0: none)")
     run.add_argument("--slo-attainment", type=float, default=0.9, help="share of requests that must meet the SLO")
-    run.add_argument("--config", default="quantserve.yaml", help="config naming each variant's hardware profile")
+    run.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="config naming each variant's hardware profile")
     run.add_argument("--hardware-profile", help="price every variant with this profile instead of the config's")
-    run.add_argument("--prices", help="price table (default: loadtest/prices.yaml)")
+    run.add_argument("--prices", help="price table (default: quantserve/prices.yaml)")
     run.add_argument("--reports-dir", default="reports", help="reports go to REPORTS_DIR/RUN_ID (default: %(default)s)")
     run.add_argument("--run-id", help="name of the report folder (default: time and model)")
     run.add_argument("--seed", type=int, default=0, help="seed for prompt, length and arrival choices")

@@ -22,8 +22,8 @@ from locust import HttpUser, constant, events, task
 from loadtest.records import RequestRecord, open_writer, to_row
 from loadtest.sse import error_message, mean_itl_ms, parse_stream, usage_problem
 from loadtest.workload import load_prompt_set, output_length_sampler
+from quantserve.constants import VARIANT_HEADER
 
-VARIANT_HEADER = "x-quantserve-variant"
 IDLE_S = 0.2
 log = logging.getLogger("quantserve.loadtest")
 

@@ -1,4 +1,4 @@
-"""`make soak` (`python -m loadtest.soak`): a fixed load for a set time against the application started here.
+"""`make soak` (`quantserve soak`): a fixed load for a set time against the application started here.
 
 It reports what a long run reveals and a short load test cannot: errors over the whole run, the drift of latency
 from the first minute to the last, and the resident memory (RSS) of the router and of each replica (with the
@@ -23,6 +23,7 @@ from loadtest.records import RequestRecord
 from loadtest.runner import StepSpec, run_step
 from loadtest.steps import parse_duration
 from serving.launcher import AppStartError, running_app
+from quantserve.constants import DEFAULT_CONFIG_PATH
 
 SAMPLE_EVERY_S = 15.0
 WINDOW_S = 60.0  # "first minute" and "last minute" of the drift figures
@@ -166,9 +167,10 @@ def plot(records: list[RequestRecord], summary: dict) -> bytes:
     return to_png(figure)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.soak", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="quantserve.yaml")
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("soak", help="fixed load for a set time: errors, latency drift, memory",
+                                   description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH))
     parser.add_argument("--model", default="smollm2-135m", help="model or model:variant to load (default: %(default)s)")
     parser.add_argument("--users", type=int, default=4, help="concurrent streaming users (default: %(default)s)")
     parser.add_argument("--duration", default="10m", help="how long (default: %(default)s)")
@@ -176,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=50_000, help="bound on requests (default: %(default)s)")
     parser.add_argument("--reports-dir", default="reports")
     parser.add_argument("--render", metavar="SOAK_JSON", help="only rewrite soak.md beside a soak.json")
-    args = parser.parse_args(argv)
+    parser.set_defaults(handler=run_soak, parser=parser)
+
+
+def run_soak(args: argparse.Namespace) -> int:
     if args.render:
         path = Path(args.render)
         text = markdown(json.loads(path.read_text())) + "\n![latency and memory over the run](soak.png)\n"
@@ -186,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         duration = parse_duration(args.duration)
     except ValueError as exc:
-        parser.error(str(exc))
+        args.parser.error(str(exc))
     folder = Path(args.reports_dir) / f"soak-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     log = Path(tempfile.mkdtemp(prefix="quantserve-soak-")) / "serve.log"
     print(f"==> starting the application (log: {log})", flush=True)
@@ -226,6 +231,3 @@ def _soak(app, args: argparse.Namespace, duration: float, folder: Path) -> int:
     print(f"==> soak report: {folder}", flush=True)
     return 0 if records else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from loadtest.cost import DEFAULT_PRICES_PATH, PriceError, PriceTable, Slo, load_prices, price_per_hour
+from loadtest.cost import Slo
+from quantserve.prices import DEFAULT_PRICES_PATH, PriceError, PriceTable, load_prices, price_per_hour
 from loadtest.machine import describe_machine, versions
 from loadtest.records import RequestRecord
 from loadtest.report import write_report
@@ -150,7 +151,7 @@ def variant_cost(sweep: Sweep, model_id: str, progress) -> VariantCost:
 
 def _profile_from_config(path: Path, model_id: str) -> tuple[str | None, int]:
     """The variant's hardware profile and replica count (autoscaling: its maximum) from the serving config."""
-    from serving.config import ConfigError, load_config
+    from quantserve.config import ConfigError, load_config
 
     if not path.exists():
         return None, 1

@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from loadtest.sse import error_message
+from quantserve.constants import VARIANT_HEADER
 
-VARIANT_HEADER = "x-quantserve-variant"
 TIMEOUT = httpx.Timeout(10.0, read=120.0)
 
 

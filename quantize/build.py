@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from quantize.errors import QuantizeError
-from quantize.manifest import (
+from quantserve.manifest import (
     BASE_VARIANT,
     ModelManifest,
     VariantManifest,
@@ -37,7 +37,7 @@ from quantize.source import (
     resolve_source,
     source_fingerprint,
 )
-from serving.config import GptqBuild, ModelConfig, QuantserveConfig, VariantConfig
+from quantserve.config import GptqBuild, ModelConfig, QuantserveConfig, VariantConfig
 
 # Bump a method's number when its output changes for the same inputs, so cached variants are rebuilt.
 BUILD_CODE_VERSIONS = {"base": 1, "onnx": 1, "gptq": 2, "embedding-onnx": 2}

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from quantize.errors import QuantizeError
-from serving.config import QuantserveConfig, load_config
+from quantserve.config import QuantserveConfig, load_config
+from quantserve.constants import DEFAULT_CONFIG_PATH
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +30,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="quantserve.yaml", help="quantserve config file (default: %(default)s)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="quantserve config file (default: %(default)s)")
     parser.add_argument("--model", metavar="PATH",
                         help="a local Hugging Face causal-LM folder (or .gguf) to use instead")
     parser.add_argument("--name", help="model name for --model (default: the folder name)")
@@ -86,7 +87,7 @@ def _run_eval(args: argparse.Namespace) -> None:
 
 
 def _run_list(args: argparse.Namespace) -> None:
-    from quantize.manifest import read_manifest
+    from quantserve.manifest import read_manifest
     from quantize.table import render_table
 
     config = selected_config(args)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from quantize.manifest import Quality, atomic_write_text
+from quantserve.manifest import Quality, atomic_write_text
 
 DATA_DIR = Path(__file__).parent / "data"
 PPL_WINDOW = 512
@@ -169,7 +169,7 @@ def evaluate_embedding(onnx_dir: Path, source_dir: Path) -> Quality:
     """Mean cosine similarity between the ONNX variant's embeddings and sentence-transformers' own."""
     from sentence_transformers import SentenceTransformer
 
-    from quantize.embedding import OnnxEmbedder
+    from serving.engines.onnx_embedder import OnnxEmbedder
 
     sentences = embedding_sentences()
     reference = SentenceTransformer(str(source_dir), device="cpu").encode(sentences, normalize_embeddings=True)

@@ -15,7 +15,7 @@ import types
 from pathlib import Path
 
 from quantize.errors import QuantizeError
-from serving.config import CalibrationSpec, GptqBuild
+from quantserve.config import CalibrationSpec, GptqBuild
 
 DATA_DIR = Path(__file__).parent / "data"
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from quantize.errors import QuantizeError
-from serving.config import OnnxBuild
+from quantserve.config import OnnxBuild
 
 KEEP_FILES = ("genai_config.json", "model.onnx", "model.onnx.data", "tokenizer.json", "tokenizer_config.json",
               "chat_template.jinja", "special_tokens_map.json")

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from quantize.errors import QuantizeError
-from serving.config import QuantserveConfig
+from quantserve.config import QuantserveConfig
 
 
 def model_name_for(path: Path, name: str | None) -> str:

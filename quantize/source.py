@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from quantize.errors import QuantizeError
-from quantize.manifest import json_hash, sha256_file
+from quantserve.manifest import json_hash, sha256_file
 
 SOURCE_MARKER = ".source.sha256"  # in a converted base folder: the GGUF file it came from
 # Architectures the ONNX Runtime GenAI builder (and so every ONNX variant) supports.

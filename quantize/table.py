@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quantize.manifest import ModelManifest
+from quantserve.manifest import ModelManifest
 
 HEADERS = ["variant", "format", "bits", "size MB", "x fp16", "ppl", "ppl delta", "agreement", "build s"]
 

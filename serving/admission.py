@@ -11,7 +11,7 @@ import logging
 
 from serving import protocol as p
 from serving.auth import ApiKeys
-from serving.config import LimitsConfig
+from quantserve.config import LimitsConfig
 from serving.limits import check_body_size
 from serving.rate_limits import RateLimiter
 from serving.responses import error_response

@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from serving import protocol as p
-from serving.config import AuthConfig, ConfigError, RateLimitConfig, format_validation_error
+from quantserve.config import AuthConfig, ConfigError, RateLimitConfig, format_validation_error
 
 ANONYMOUS = "anonymous"  # the key id of every request while authentication is off
 

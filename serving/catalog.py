@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from quantize.manifest import built_name, read_manifest
-from serving.config import ConfigError, QuantserveConfig
+from quantserve.manifest import built_name, read_manifest
+from quantserve.config import ConfigError, QuantserveConfig
+from quantserve.prices import PriceError, load_prices
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class ServedVariant:
     max_queue: int
     max_context: int
     threads: int
-    vllm: dict = field(default_factory=dict)  # serving.config.VllmSpec, for backend vllm
+    vllm: dict = field(default_factory=dict)  # quantserve.config.VllmSpec, for backend vllm
     cache_dir: str = ""  # where an engine may keep caches (vLLM's compile cache), inside models_dir
 
     @property
@@ -48,9 +49,7 @@ class ServedVariant:
 
 
 def load_price_table() -> dict[str, float]:
-    """Profile name -> $ per hour, from the load tests' price table (loadtest/prices.yaml); a ConfigError if bad."""
-    from loadtest.cost import PriceError, load_prices
-
+    """Profile name -> $ per hour, from the price table (quantserve/prices.yaml); a ConfigError if bad."""
     try:
         table = load_prices()
     except PriceError as exc:

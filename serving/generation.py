@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from serving import protocol as p
-from serving.config import LimitsConfig
+from quantserve.config import LimitsConfig
 from serving.dispatch import REPLICA_BUSY, REPLICA_GONE, RETRY_AFTER_SECONDS, VariantDirectory, VariantState
 from serving.metrics import QuantserveMetrics, RequestLabels
 from serving.responses import ChunkWriter, chat_response, completion_response, sse

@@ -75,7 +75,7 @@ class RunningApp:
 def running_app(config_path: Path, log: Path, port: int | None = None, variants: list[str] | None = None,
                 cwd: Path | None = None, extra_args: tuple[str, ...] = ()) -> Iterator[RunningApp]:
     port = port or free_port()
-    command = [sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path), "--port", str(port),
+    command = [sys.executable, "-m", "quantserve.cli", "serve", "--config", str(config_path), "--port", str(port),
                *extra_args]
     with log.open("w") as handle:
         process = subprocess.Popen(command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,

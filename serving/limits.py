@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from serving import protocol as p
-from serving.config import LimitsConfig
+from quantserve.config import LimitsConfig
 
 
 def check_generation(body: p.ChatCompletionRequest | p.CompletionRequest, limits: LimitsConfig) -> None:

@@ -18,7 +18,7 @@ Cost of one request, in dollars:
     replica_seconds = sum over the engine steps (prefill or decode) that included the request of
                       step duration / number of sequences in that step
 
-`price_per_hour` is the replica's hardware profile price (`serve.hardware_profile`, priced in loadtest/prices.yaml).
+`price_per_hour` is the replica's hardware profile price (`serve.hardware_profile`, priced in quantserve/prices.yaml).
 A replica's busy time is thus split evenly among the sequences it served together; idle time is charged to nobody
 here and shows instead in `quantserve_replica_cost_dollars_per_hour`, the price of every running replica.
 """

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from serving import protocol as p
-from serving.config import RateLimitConfig
+from quantserve.config import RateLimitConfig
 
 
 @dataclass

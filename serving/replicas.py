@@ -159,7 +159,7 @@ class EmbeddingReplica:
     """Sentence embeddings; concurrent requests are batched into one forward pass by `@serve.batch`."""
 
     def __init__(self, variant: dict) -> None:
-        from quantize.embedding import OnnxEmbedder
+        from serving.engines.onnx_embedder import OnnxEmbedder
 
         keep_serve_grpc_on_loopback()
         self.variant = ServedVariant.from_dict(variant)

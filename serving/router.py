@@ -19,7 +19,7 @@ from serving import protocol as p
 from serving.admission import AdmissionMiddleware, AdmissionPolicy
 from serving.auth import ApiKeys, read_keys
 from serving.catalog import ServedVariant
-from serving.config import ServerConfig
+from quantserve.config import ServerConfig
 from serving.dispatch import VariantDirectory, VariantState
 from serving.embeddings import embedding_response
 from serving.generation import Generation, stream_body
@@ -28,9 +28,9 @@ from serving.loopback import keep_serve_grpc_on_loopback
 from serving.metrics import CONTENT_TYPE, QuantserveMetrics, render_metrics
 from serving.rate_limits import RateLimiter
 from serving.responses import error_response
+from quantserve.constants import FALLBACK_HEADER, VARIANT_HEADER
 
 logger = logging.getLogger("ray.serve.quantserve.router")  # under ray.serve: Serve's log lines carry request_id
-VARIANT_HEADER = "x-quantserve-variant"
 app = FastAPI(title="quantserve", description="OpenAI-compatible API over quantized model variants")
 app.add_middleware(AdmissionMiddleware)
 # What the /v1 routes may answer besides 200, each with OpenAI's error body (documented in /openapi.json).
@@ -200,7 +200,7 @@ class Router:
         answered = await generation.start()
         headers = {VARIANT_HEADER: answered.variant.variant}
         if answered is not state:
-            headers["x-quantserve-fallback-from"] = state.variant.variant
+            headers[FALLBACK_HEADER] = state.variant.variant
         if body.stream:
             return StreamingResponse(stream_body(generation), media_type="text/event-stream", headers=headers)
         return JSONResponse((await generation.full_response()).model_dump(), headers=headers)

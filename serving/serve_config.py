@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving.config import LoggingSpec, QuantserveConfig
+from quantserve.config import LoggingSpec, QuantserveConfig
 
 APP_NAME = "quantserve"
 IMPORT_PATH = "serving.app:build_app"

@@ -15,7 +15,7 @@ import yaml
 from serving.launcher import AppStartError, running_app
 
 REPO = Path(__file__).resolve().parent.parent
-QUANTSERVE = [sys.executable, "-m", "serving.cli"]
+QUANTSERVE = [sys.executable, "-m", "quantserve.cli"]
 BUILD_TIMEOUT_SECONDS = 1800
 REQUEST_TIMEOUT_SECONDS = 12
 

@@ -8,7 +8,7 @@ from conftest import HandClock
 from serving import protocol as p
 from serving.admission import AdmissionPolicy
 from serving.auth import ANONYMOUS, ApiKey, ApiKeys, key_id, read_keys
-from serving.config import AuthConfig, ConfigError, LimitsConfig, RateLimitConfig
+from quantserve.config import AuthConfig, ConfigError, LimitsConfig, RateLimitConfig
 from serving.rate_limits import RateLimiter
 
 # --- API keys --------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def quick_bench(built_models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
-    command = [sys.executable, "-m", "loadtest.bench", "--quick", "--models-dir", str(built_models),
+    command = [sys.executable, "-m", "quantserve.cli", "bench", "--quick", "--models-dir", str(built_models),
                "--output", str(folder), "--markdown", str(folder / "BENCHMARKS.md")]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

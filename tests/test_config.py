@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from serving.config import ConfigError, load_config, parse_config
+from quantserve.config import ConfigError, load_config, parse_config
 
 BASE = {"models": [{"name": "m", "source": "x.gguf", "default_variant": "a",
                     "variants": [{"name": "a", "build": {"method": "onnx", "precision": "int4"}}]}]}

@@ -27,7 +27,7 @@ from helm_tools import (
     workers,
 )
 
-from serving.config import load_config, parse_config  # noqa: E402
+from quantserve.config import load_config, parse_config  # noqa: E402
 from serving.serve_config import build_serve_config  # noqa: E402
 
 PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}

@@ -7,19 +7,8 @@ from datetime import date
 
 import pytest
 
-from loadtest.cost import (
-    PriceError,
-    PriceProfile,
-    PriceTable,
-    Slo,
-    goodput_rps,
-    load_prices,
-    meets_slo,
-    pareto_front,
-    percentile,
-    price_per_hour,
-    usd_per_million_tokens,
-)
+from loadtest.cost import Slo, goodput_rps, meets_slo, pareto_front, percentile, usd_per_million_tokens
+from quantserve.prices import PriceError, PriceProfile, PriceTable, load_prices, price_per_hour
 
 
 def table(**prices: float) -> PriceTable:

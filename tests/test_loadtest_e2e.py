@@ -14,7 +14,7 @@ import pytest
 from conftest import run_quantserve
 
 from loadtest.report import FILES
-from serving.config import load_config
+from quantserve.config import load_config
 from serving.launcher import free_port
 
 REPO = Path(__file__).resolve().parents[1]

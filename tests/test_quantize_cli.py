@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import QUANTSERVE, REPO, run_quantserve
 
-from quantize.manifest import read_manifest, verify_files
+from quantserve.manifest import read_manifest, verify_files
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 TINY_VARIANTS = ["onnx-fp32", "onnx-int4"]

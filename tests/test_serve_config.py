@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.config import load_config, parse_config
+from quantserve.config import load_config, parse_config
 from serving.serve_config import (
     APP_NAME,
     HAPROXY_ENV_VARS,

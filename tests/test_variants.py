@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from quantize.manifest import ModelManifest, read_manifest, verify_files
+from quantserve.manifest import ModelManifest, read_manifest, verify_files
 from serving.engines.base import SamplingParams
 from serving.engines.onnx_engine import OnnxEngine, OnnxEngineConfig, collect
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quantize.manifest import read_manifest
+from quantserve.manifest import read_manifest
 
 CHAT_VARIANTS = ("onnx-fp32", "onnx-int8", "onnx-int4", "gptq-int4")
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]

@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from quantize.manifest import BASE_VARIANT, built_name, read_manifest
-from serving.config import QuantserveConfig
+from quantserve.manifest import BASE_VARIANT, built_name, read_manifest
+from quantserve.config import QuantserveConfig
 
 
 def short_sweep(url: str, config_path: Path, users: str, duration: str, folder: Path) -> dict:
     """`quantserve loadtest run` over every chat variant; its results.json."""
-    command = [sys.executable, "-m", "serving.cli", "loadtest", "run", "--target", url, "--model", "smollm2-135m",
+    command = [sys.executable, "-m", "quantserve.cli", "loadtest", "run", "--target", url, "--model", "smollm2-135m",
                "--variants", "all", "--users", users, "--duration", duration, "--warmup", "3s", "--max-tokens", "32",
                "--config", str(config_path), "--reports-dir", str(folder), "--run-id", "bench-sweep"]
     subprocess.run(command, check=True)

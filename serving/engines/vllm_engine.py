@@ -47,7 +47,7 @@ class VllmEngineConfig:
 
     @classmethod
     def from_variant(cls, variant) -> VllmEngineConfig:
-        """From a serving.catalog.ServedVariant (its `vllm` dict is serving.config.VllmSpec)."""
+        """From a serving.catalog.ServedVariant (its `vllm` dict is quantserve.config.VllmSpec)."""
         return cls(Path(variant.folder), variant.id, variant.max_batch_size, variant.max_queue, variant.max_context,
                    cache_dir=Path(variant.cache_dir) / "vllm" if variant.cache_dir else None, **variant.vllm)
 

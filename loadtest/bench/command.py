@@ -1,4 +1,4 @@
-"""`make bench` (`python -m loadtest.bench`): quantserve against its peers and the hardware limit, as ratios.
+"""`make bench` (`quantserve bench`): quantserve against its peers and the hardware limit, as ratios.
 
 This machine is shared and noisy, so every figure is a ratio of two things measured side by side in one run
 (interleaved, repeated, the median kept). Sections: (1) router overhead, (2) continuous batching against
@@ -22,10 +22,11 @@ import yaml
 from loadtest.bench import engines, headroom, router, variants
 from loadtest.bench.report import render_markdown
 from loadtest.machine import describe_machine, versions
-from quantize.manifest import read_manifest
-from serving.config import load_config, parse_config
+from quantserve.manifest import read_manifest
+from quantserve.config import load_config, parse_config
 from serving.launcher import running_app
 from serving.serve_cli import LOOPBACK_ENV
+from quantserve.constants import DEFAULT_CONFIG_PATH
 
 SECTIONS = ("router", "batching", "ceiling", "backends", "variants", "headroom")
 MODEL = "smollm2-135m"
@@ -90,23 +91,27 @@ def engine_sections(args, plan: dict, model_dir: Path) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="quantserve.yaml")
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="measure quantserve against its peers and the hardware limit",
+                                   description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH))
     parser.add_argument("--models-dir", default="models")
     parser.add_argument("--quick", action="store_true", help="one round, smallest sizes: keeps the scripts working")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma list of %(default)s")
     parser.add_argument("--output", default="bench", help="folder for results.json (default: %(default)s)")
     parser.add_argument("--markdown", default="BENCHMARKS.md")
     parser.add_argument("--render", metavar="RESULTS_JSON", help="only write --markdown from a results.json")
-    args = parser.parse_args(argv)
+    parser.set_defaults(handler=run_bench, parser=parser)
+
+
+def run_bench(args: argparse.Namespace) -> int:
     if args.render:
         Path(args.markdown).write_text(render_markdown(json.loads(Path(args.render).read_text())))
         return 0
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
-        parser.error(f"unknown sections {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+        args.parser.error(f"unknown sections {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
     load_config(args.config)  # one-line error now if the config is bad
     model_dir = Path(args.models_dir) / MODEL
     if read_manifest(model_dir) is None:
@@ -146,6 +151,3 @@ def quick_plan() -> dict:
             "profile_steps": 4, "router_requests": 8, "router_modes": [("throughput-optimized", ())],
             "sweep_users": "1", "sweep_duration": "3s", "headroom_users": [4], "headroom_seconds": 3}
 
-
-if __name__ == "__main__":
-    sys.exit(main())

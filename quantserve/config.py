@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-DEFAULT_CONFIG_PATH = Path("quantserve.yaml")
+from quantserve.constants import DEFAULT_CONFIG_PATH
+
 
 # Names that end up in folder names and in `model:variant` ids.
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
@@ -118,7 +119,7 @@ class ServeSpec(StrictModel):
     max_queue: int = Field(64, ge=0, description="Requests waiting for a batch slot before 503")
     max_context: int = Field(2048, ge=64, le=131072, description="KV-cache positions per sequence (prompt + output)")
     threads: int = Field(1, ge=1, le=256, description="ONNX Runtime intra-op threads per replica")
-    hardware_profile: str = Field("cpu-2vcpu", description="Key in loadtest/prices.yaml; sets $ per replica-hour")
+    hardware_profile: str = Field("cpu-2vcpu", description="Key in quantserve/prices.yaml; sets $ per replica-hour")
     fallbacks: list[Name] = Field(default_factory=list, description="Variants of the same model to try, in order")
     vllm: VllmSpec = VllmSpec()
 
