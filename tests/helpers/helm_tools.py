@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "quantserve"
 PROFILES = {"default": None, "cpu": CHART / "values-cpu.yaml", "gpu": CHART / "values-gpu.yaml"}
 KUBERNETES_VERSION = "1.37.0"

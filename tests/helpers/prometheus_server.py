@@ -21,7 +21,7 @@ import yaml
 
 from serving.launcher import free_port  # noqa: F401 - re-exported for the metrics tests
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RULES_FILE = REPO_ROOT / "helm" / "quantserve" / "files" / "prometheus-rules.yaml"
 INSTALL_HINT = "install the Debian package `prometheus` (apt-get install -y prometheus); `make test` does this"
 

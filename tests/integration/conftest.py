@@ -1,47 +1,25 @@
-"""Session fixtures: the embedded model's variants (built once, cached under models/) and the real
-application serving them on an ephemeral loopback port."""
+"""Integration-tier fixtures: the embedded models' variants (built once, cached under models/) and the real
+application serving them on an ephemeral loopback port. Every test in this folder is marked `integration`."""
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
-import sys
-import time
 from pathlib import Path
 
+import openai
 import pytest
-import yaml
 
-from serving.launcher import AppStartError, running_app
+from tests.helpers import QUANTSERVE, REPO
+from tests.helpers.apps import LIVE_VARIANTS, serving_test_config, started_app
 
-REPO = Path(__file__).resolve().parent.parent
-QUANTSERVE = [sys.executable, "-m", "quantserve.cli"]
 BUILD_TIMEOUT_SECONDS = 1800
-REQUEST_TIMEOUT_SECONDS = 12
+HERE = Path(__file__).parent
 
 
-def wait_for(condition, timeout: float) -> bool:
-    """Poll `condition` until it holds (True) or `timeout` seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.25)
-    return False
-
-
-class HandClock:
-    """A clock the test moves by hand, for code that takes `clock=` (rate limits, time attribution)."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def run_quantserve(*args: str, timeout: float = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([*QUANTSERVE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -57,88 +35,19 @@ def built_models() -> Path:
     return (REPO / "models").resolve()
 
 
-def serving_test_config(models_dir: Path) -> dict:
-    """quantserve.yaml, adjusted so that tests can see fallbacks and a variant without replicas.
-
-    - smollm2-135m:onnx-int8 has no replica and falls back to onnx-int4 (the fallback path);
-    - smollm2-135m:gptq-int4 has no replica and no fallback (the 503 path);
-    - minilm-l6-v2:onnx-fp32 has no replica (embeddings answer from onnx-int8);
-    - smollm2-135m:vllm-bf16 has no replica here (tests/test_vllm_replica.py starts it in an app of its own);
-    - requests time out after REQUEST_TIMEOUT_SECONDS.
-    Contexts are shortened to keep KV buffers small.
-    """
-    config = yaml.safe_load((REPO / "quantserve.yaml").read_text())
-    config["models_dir"] = str(models_dir)
-    config["server"]["limits"] = {"request_timeout_s": REQUEST_TIMEOUT_SECONDS}  # the timeout test waits this long
-    overrides = {
-        ("smollm2-135m", "onnx-int8"): {"replicas": 0, "fallbacks": ["onnx-int4"]},
-        ("smollm2-135m", "gptq-int4"): {"replicas": 0, "fallbacks": []},
-        ("minilm-l6-v2", "onnx-fp32"): {"replicas": 0},
-        ("smollm2-135m", "vllm-bf16"): {"replicas": 0},  # vLLM has its own app (vllm_app), started once
-    }
-    for model in config["models"]:
-        for variant in model["variants"]:
-            serve = variant.setdefault("serve", {})
-            serve.update(overrides.get((model["name"], variant["name"]), {}))
-            if model["kind"] == "chat":
-                serve["max_context"] = 1024
-                serve["max_batch_size"] = 4
-    return config
-
-
-def app_config(models_dir: Path, live: list[str], server: dict) -> dict:
-    """quantserve.yaml serving only the `live` variants (model:variant ids) with `server` settings; the other
-    variants are disabled (not listed), models without a live variant left out, chat contexts kept short."""
-    config = yaml.safe_load((REPO / "quantserve.yaml").read_text())
-    config["models_dir"] = str(models_dir)
-    config["server"].update(server)
-    config["models"] = [m for m in config["models"] if any(v.startswith(f"{m['name']}:") for v in live)]
-    for model in config["models"]:
-        for variant in model["variants"]:
-            serve = variant.setdefault("serve", {})
-            serve["enabled"] = f"{model['name']}:{variant['name']}" in live
-            if model["kind"] == "chat":
-                serve.update({"max_context": 1024, "max_batch_size": 4})
-    return config
-
-
-@contextlib.contextmanager
-def started_app(config: dict, folder: Path, variants: list[str] | None = None):
-    """The real application for `config`, started in `folder` (log: folder/serve.log); always stopped."""
-    config_path = folder / "quantserve.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    try:
-        with running_app(config_path, folder / "serve.log", variants=variants, cwd=REPO) as app:
-            yield app
-    except AppStartError as exc:
-        pytest.fail(str(exc))
-
-
-LIVE_VARIANTS = ["smollm2-135m:onnx-fp32", "smollm2-135m:onnx-int4", "minilm-l6-v2:onnx-int8"]
-
-
 @pytest.fixture(scope="session")
 def serving_app(built_models: Path, tmp_path_factory: pytest.TempPathFactory):
     """Base URL of the real application (Ray Serve on 127.0.0.1, an ephemeral port)."""
     folder = tmp_path_factory.mktemp("serving-app")
-    config_path = folder / "quantserve.yaml"
-    config_path.write_text(yaml.safe_dump(serving_test_config(built_models)))
-    try:
-        with running_app(config_path, folder / "serve.log", variants=LIVE_VARIANTS, cwd=REPO) as app:
-            yield app.url
-    except AppStartError as exc:
-        pytest.fail(str(exc))
+    with started_app(serving_test_config(built_models), folder, variants=LIVE_VARIANTS) as app:
+        yield app.url
 
 
 @pytest.fixture(scope="session")
-def openai_client(serving_app: str):
-    import openai
-
+def openai_client(serving_app: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{serving_app}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="session")
-def async_openai_client(serving_app: str):
-    import openai
-
+def async_openai_client(serving_app: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{serving_app}/v1", api_key="unused", max_retries=0, timeout=120)

@@ -15,7 +15,7 @@ import time
 import httpx
 import psutil
 import pytest
-from conftest import app_config, started_app
+from tests.helpers.apps import app_config, started_app
 
 from loadtest.soak import serve_processes
 

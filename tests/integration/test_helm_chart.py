@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import yaml
-from helm_tools import (
+from tests.helpers.helm_tools import (
     CHART,
     EVERYTHING_ON,
     PROFILES,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import run_quantserve
+from tests.helpers import run_quantserve
 
 from loadtest.report import FILES
 from quantserve.config import load_config

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_server import free_port, require_binary, run_prometheus
+from tests.helpers.prometheus_server import free_port, require_binary, run_prometheus
 
 from serving.metrics import (
     MULTIPROC_ENV,

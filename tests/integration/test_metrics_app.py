@@ -6,7 +6,7 @@ import subprocess
 
 import httpx
 import pytest
-from prometheus_server import RULES_FILE, require_binary, run_prometheus
+from tests.helpers.prometheus_server import RULES_FILE, require_binary, run_prometheus
 
 MODEL = "smollm2-135m:onnx-fp32"
 LABELS = 'model="smollm2-135m",variant="onnx-fp32",endpoint="/v1/chat/completions"'

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_server import REPO_ROOT, RULES_FILE, PrometheusServer, free_port, require_binary, run_prometheus
+from tests.helpers.prometheus_server import REPO_ROOT, RULES_FILE, PrometheusServer, free_port, require_binary, run_prometheus
 
 from serving.metrics import QuantserveMetrics, ReplicaLabels, RequestLabels
 
-PROMTOOL_TESTS = sorted((REPO_ROOT / "tests" / "promtool").glob("*.yaml"))
+PROMTOOL_TESTS = sorted((REPO_ROOT / "tests" / "integration" / "promtool").glob("*.yaml"))
 DASHBOARD_FILE = REPO_ROOT / "helm" / "quantserve" / "files" / "grafana-dashboard.json"
 RULE_GROUPS = {"quantserve.latency", "quantserve.throughput-and-cost", "quantserve.alerts"}
 # What Grafana substitutes before a query reaches Prometheus.
@@ -29,7 +29,7 @@ def test_promtool_check_rules() -> None:
 
 
 def test_promtool_rule_unit_tests() -> None:
-    assert PROMTOOL_TESTS, "no promtool rule tests in tests/promtool"
+    assert PROMTOOL_TESTS, "no promtool rule tests in tests/integration/promtool"
     run = promtool("test", "rules", *map(str, PROMTOOL_TESTS))
     assert run.returncode == 0, run.stdout + run.stderr
 

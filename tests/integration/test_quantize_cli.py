@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import QUANTSERVE, REPO, run_quantserve
+from tests.helpers import QUANTSERVE, REPO, run_quantserve
 
 from quantserve.manifest import read_manifest, verify_files
 

@@ -16,7 +16,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import app_config, started_app
+from tests.helpers.apps import app_config, started_app
 
 from serving.auth import key_id
 

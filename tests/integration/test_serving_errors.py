@@ -10,7 +10,8 @@ import time
 
 import httpx
 import pytest
-from conftest import REQUEST_TIMEOUT_SECONDS, wait_for
+from tests.helpers import wait_for
+from tests.helpers.apps import REQUEST_TIMEOUT_SECONDS
 from tokenizers import Tokenizer
 
 from serving.engines.chat_template import ChatTemplate
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m"
 FP32 = f"{MODEL}:onnx-fp32"
-CONTEXT = 1024  # serve.max_context of the chat variants in the test config (conftest.serving_test_config)
+CONTEXT = 1024  # serve.max_context of the chat variants in the test config (tests.helpers.apps.serving_test_config)
 HELLO = [{"role": "user", "content": "Hello"}]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import REPO, wait_for
+from tests.helpers import REPO, wait_for
 
 from serving.launcher import AppStartError, running_app
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import HandClock
+from tests.helpers import HandClock
 
 from serving import protocol as p
 from serving.admission import AdmissionPolicy

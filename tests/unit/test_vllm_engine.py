@@ -4,7 +4,7 @@ processor-sharing attribution of replica time."""
 from __future__ import annotations
 
 import pytest
-from conftest import HandClock
+from tests.helpers import HandClock
 
 from serving.engines.base import EngineError
 from serving.engines.vllm_engine import ProcessorSharingClock, VllmEngineConfig, check_hardware, vllm_environment

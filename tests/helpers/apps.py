@@ -1,0 +1,74 @@
+"""Configs for the real application and a context manager that starts it (Ray Serve on 127.0.0.1, an ephemeral
+port) and always stops it. Integration tier only: this imports the launcher, hence Ray."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serving.launcher import AppStartError, running_app
+from tests.helpers import REPO
+
+REQUEST_TIMEOUT_SECONDS = 12
+LIVE_VARIANTS = ["smollm2-135m:onnx-fp32", "smollm2-135m:onnx-int4", "minilm-l6-v2:onnx-int8"]
+
+
+def serving_test_config(models_dir: Path) -> dict:
+    """quantserve.yaml, adjusted so that tests can see fallbacks and a variant without replicas.
+
+    - smollm2-135m:onnx-int8 has no replica and falls back to onnx-int4 (the fallback path);
+    - smollm2-135m:gptq-int4 has no replica and no fallback (the 503 path);
+    - minilm-l6-v2:onnx-fp32 has no replica (embeddings answer from onnx-int8);
+    - smollm2-135m:vllm-bf16 has no replica here (tests/integration/test_vllm_replica.py starts it in an app of
+      its own);
+    - requests time out after REQUEST_TIMEOUT_SECONDS.
+    Contexts are shortened to keep KV buffers small.
+    """
+    config = yaml.safe_load((REPO / "quantserve.yaml").read_text())
+    config["models_dir"] = str(models_dir)
+    config["server"]["limits"] = {"request_timeout_s": REQUEST_TIMEOUT_SECONDS}  # the timeout test waits this long
+    overrides = {
+        ("smollm2-135m", "onnx-int8"): {"replicas": 0, "fallbacks": ["onnx-int4"]},
+        ("smollm2-135m", "gptq-int4"): {"replicas": 0, "fallbacks": []},
+        ("minilm-l6-v2", "onnx-fp32"): {"replicas": 0},
+        ("smollm2-135m", "vllm-bf16"): {"replicas": 0},  # vLLM has its own app (vllm_app), started once
+    }
+    for model in config["models"]:
+        for variant in model["variants"]:
+            serve = variant.setdefault("serve", {})
+            serve.update(overrides.get((model["name"], variant["name"]), {}))
+            if model["kind"] == "chat":
+                serve["max_context"] = 1024
+                serve["max_batch_size"] = 4
+    return config
+
+
+def app_config(models_dir: Path, live: list[str], server: dict) -> dict:
+    """quantserve.yaml serving only the `live` variants (model:variant ids) with `server` settings; the other
+    variants are disabled (not listed), models without a live variant left out, chat contexts kept short."""
+    config = yaml.safe_load((REPO / "quantserve.yaml").read_text())
+    config["models_dir"] = str(models_dir)
+    config["server"].update(server)
+    config["models"] = [m for m in config["models"] if any(v.startswith(f"{m['name']}:") for v in live)]
+    for model in config["models"]:
+        for variant in model["variants"]:
+            serve = variant.setdefault("serve", {})
+            serve["enabled"] = f"{model['name']}:{variant['name']}" in live
+            if model["kind"] == "chat":
+                serve.update({"max_context": 1024, "max_batch_size": 4})
+    return config
+
+
+@contextlib.contextmanager
+def started_app(config: dict, folder: Path, variants: list[str] | None = None):
+    """The real application for `config`, started in `folder` (log: folder/serve.log); always stopped."""
+    config_path = folder / "quantserve.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    try:
+        with running_app(config_path, folder / "serve.log", variants=variants, cwd=REPO) as app:
+            yield app
+    except AppStartError as exc:
+        pytest.fail(str(exc))
