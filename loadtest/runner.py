@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtest.cost import Slo
 from loadtest.records import RequestRecord, read_records
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -30,42 +31,50 @@ class StepInterrupted(KeyboardInterrupt):
 
 
 @dataclass(frozen=True)
-class StepSpec:
-    """One Locust process: one model id at one load level."""
+class StepSettings:
+    """What every step of a run shares: where the load goes, what is sent, how it is paced, judged and seeded."""
 
     target: str
-    model_id: str
-    label: str
     endpoint: str  # chat | embeddings
     mode: str  # users | rate
-    level: float
     warmup_s: float
     duration_s: float
     max_requests: int
     rate_users: int
     prompts: str
     max_tokens: str
-    slo_ttft_ms: float
-    slo_itl_ms: float
-    seed: int
+    slo: Slo
+    seed: int  # prompt, output length and arrival choices
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One Locust process: one model id at one load level."""
+
+    settings: StepSettings
+    model_id: str
+    label: str
+    level: float
     folder: Path
 
     @property
     def name(self) -> str:
-        unit = "users" if self.mode == "users" else "req/s"
+        unit = "users" if self.settings.mode == "users" else "req/s"
         return f"{self.label} @ {self.level:g} {unit}"
 
 
 def locust_command(step: StepSpec) -> list[str]:
-    model_flag = "--embedding-model" if step.endpoint == "embeddings" else "--model"
+    settings = step.settings
+    model_flag = "--embedding-model" if settings.endpoint == "embeddings" else "--model"
     return [
         sys.executable, "-m", "locust", "--headless", "--only-summary", "--loglevel", "WARNING",
         "-f", f"{PACKAGE_DIR / 'locustfile.py'},{PACKAGE_DIR / 'shapes.py'}",
-        "--host", step.target, model_flag, step.model_id, "--run-label", step.label,
-        "--shape-mode", step.mode, "--levels", f"{step.level:g}", "--rate-users", str(step.rate_users),
-        "--warmup", f"{step.warmup_s:g}s", "--step-time", f"{step.duration_s:g}s",
-        "--max-requests", str(step.max_requests), "--prompts", step.prompts, "--max-tokens", step.max_tokens,
-        "--slo-ttft-ms", f"{step.slo_ttft_ms:g}", "--slo-itl-ms", f"{step.slo_itl_ms:g}", "--seed", str(step.seed),
+        "--host", settings.target, model_flag, step.model_id, "--run-label", step.label,
+        "--shape-mode", settings.mode, "--levels", f"{step.level:g}", "--rate-users", str(settings.rate_users),
+        "--warmup", f"{settings.warmup_s:g}s", "--step-time", f"{settings.duration_s:g}s",
+        "--max-requests", str(settings.max_requests), "--prompts", settings.prompts,
+        "--max-tokens", settings.max_tokens, "--slo-ttft-ms", f"{settings.slo.ttft_ms or 0:g}",
+        "--slo-itl-ms", f"{settings.slo.itl_ms or 0:g}", "--seed", str(settings.seed),
         "--stop-timeout", str(STOP_TIMEOUT_S), "--exit-code-on-error", "0",
         "--records-csv", str(step.folder / "records.csv"), "--csv", str(step.folder / "locust"),
     ]
@@ -75,7 +84,7 @@ def run_step(step: StepSpec, progress: Callable[[str], None]) -> list[RequestRec
     """Run the step to its end (or its time bound) and return its records; raises RuntimeError if Locust failed."""
     step.folder.mkdir(parents=True, exist_ok=True)
     records_csv, log_path = step.folder / "records.csv", step.folder / "locust.log"
-    deadline = time.monotonic() + step.warmup_s + step.duration_s + STOP_TIMEOUT_S + 60
+    deadline = time.monotonic() + step.settings.warmup_s + step.settings.duration_s + STOP_TIMEOUT_S + 60
     interrupted = False
     with log_path.open("w") as log:
         process = subprocess.Popen(locust_command(step), stdout=log, stderr=subprocess.STDOUT, env=_locust_env())
@@ -97,7 +106,7 @@ def run_step(step: StepSpec, progress: Callable[[str], None]) -> list[RequestRec
 
 def _wait(process: subprocess.Popen, step: StepSpec, records_csv: Path, deadline: float, progress) -> None:
     started = time.monotonic()
-    total = step.warmup_s + step.duration_s
+    total = step.settings.warmup_s + step.settings.duration_s
     while process.poll() is None:
         if time.monotonic() > deadline:
             progress(f"  {step.name}: still running past its time bound, stopping it")

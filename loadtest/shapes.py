@@ -1,18 +1,27 @@
 """Load shapes for Locust: fixed concurrency, constant request rate with Poisson arrivals, or a sweep of either.
 
-Load it beside the locustfile: `locust -f loadtest/locustfile.py,loadtest/shapes.py --levels 1,2,4 ...`.
+Load it beside the locustfile: `locust -f loadtest/locustfile.py,loadtest/shapes.py --levels 1,2,4 ...`; rate mode
+draws its arrivals from the locustfile's `--seed`.
 One step per level; each step begins with a warm-up whose requests are recorded as `warmup` and left out
 of every figure (Locust's own statistics are reset when measurement begins).
 """
 
 from __future__ import annotations
 
-import random
 import time
 
 from locust import LoadTestShape, events
 
-from loadtest.steps import PoissonArrivals, StepState, build_steps, parse_duration, parse_levels, state_at, users_for
+from loadtest.steps import (
+    PoissonArrivals,
+    StepState,
+    arrivals_for,
+    build_steps,
+    parse_duration,
+    parse_levels,
+    state_at,
+    users_for,
+)
 
 SPAWN_RATE = 100  # users per second: a step reaches its level at once
 
@@ -27,7 +36,6 @@ def _add_shape_options(parser) -> None:
     group.add_argument("--step-time", default="30s", help="measured time of each step")
     group.add_argument("--rate-users", type=int, default=16,
                        help="rate mode: users available to serve arrivals (the most requests in flight)")
-    group.add_argument("--arrival-seed", type=int, default=0, help="rate mode: seed of the arrival process")
 
 
 class SweepShape(LoadTestShape):
@@ -66,11 +74,8 @@ class SweepShape(LoadTestShape):
             self.runner.stats.reset_all()
 
     def _start_arrivals(self, state: StepState) -> None:
-        if state.step.mode != "rate":
-            self.arrivals = None
-            return
-        seed = self.runner.environment.parsed_options.arrival_seed + state.step.index
-        self.arrivals = PoissonArrivals(state.step.level, time.monotonic(), random.Random(seed))
+        seed = self.runner.environment.parsed_options.seed  # the locustfile's --seed, which the CLI passes
+        self.arrivals = arrivals_for(state.step, seed, time.monotonic())
 
 
 def _steps_from_options(options):

@@ -18,12 +18,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loadtest.cost import percentile
+from loadtest.cost import Slo, percentile
 from loadtest.records import RequestRecord
-from loadtest.runner import StepSpec, run_step
+from loadtest.runner import StepSettings, StepSpec, run_step
 from loadtest.steps import parse_duration
-from serving.launcher import AppStartError, running_app
 from quantserve.constants import DEFAULT_CONFIG_PATH
+from serving.launcher import AppStartError, running_app
 
 SAMPLE_EVERY_S = 15.0
 WINDOW_S = 60.0  # "first minute" and "last minute" of the drift figures
@@ -206,10 +206,10 @@ def run_soak(args: argparse.Namespace) -> int:
 def _soak(app, args: argparse.Namespace, duration: float, folder: Path) -> int:
     from loadtest.machine import describe_machine
 
-    step = StepSpec(target=app.url, model_id=args.model, label=args.model, endpoint="chat", mode="users",
-                    level=args.users, warmup_s=0, duration_s=duration, max_requests=args.max_requests,
-                    rate_users=args.users, prompts="mix", max_tokens=args.max_tokens, slo_ttft_ms=0, slo_itl_ms=0,
-                    seed=0, folder=folder / "locust")
+    settings = StepSettings(target=app.url, endpoint="chat", mode="users", warmup_s=0, duration_s=duration,
+                            max_requests=args.max_requests, rate_users=args.users, prompts="mix",
+                            max_tokens=args.max_tokens, slo=Slo(), seed=0)
+    step = StepSpec(settings, model_id=args.model, label=args.model, level=args.users, folder=folder / "locust")
     sampler = RssSampler(app.process.pid)
     sampler.start()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")

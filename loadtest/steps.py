@@ -98,3 +98,13 @@ class PoissonArrivals:
         """The time of the next arrival (same clock as `start_s`), advancing the schedule."""
         self._next_s += self._rng.expovariate(self.rate_per_s)
         return self._next_s
+
+
+def arrivals_for(step: Step, seed: int, start_s: float) -> PoissonArrivals | None:
+    """The step's arrival schedule in rate mode (None in users mode): the same for the same seed and step.
+
+    Its own generator, apart from prompt and length choices, so the schedule does not depend on what was sent.
+    """
+    if step.mode != "rate":
+        return None
+    return PoissonArrivals(step.level, start_s, random.Random(f"arrivals/{seed}/{step.index}"))

@@ -6,23 +6,24 @@ Results so far are always written, also when the target goes away or the run is 
 from __future__ import annotations
 
 import argparse
+import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
 from loadtest.cost import Slo
-from quantserve.prices import DEFAULT_PRICES_PATH, PriceError, PriceTable, load_prices, price_per_hour
 from loadtest.machine import describe_machine, versions
 from loadtest.records import RequestRecord
 from loadtest.report import write_report
 from loadtest.results import VariantCost, build_results
-from loadtest.runner import StepSpec, run_step
+from loadtest.runner import StepSettings, StepSpec, run_step
 from loadtest.steps import parse_duration, parse_levels
 from loadtest.target import TIMEOUT, LoadtestError, check_target, list_models, probe, select_model_ids
 from loadtest.workload import load_prompt_set, output_length_sampler
+from quantserve.prices import DEFAULT_PRICES_PATH, PriceError, PriceTable, load_prices, price_per_hour
 
 DEFAULT_PROFILE = "cpu-2vcpu"
 DEFAULT_USER_LEVELS = "1,2,4,8"
@@ -38,14 +39,10 @@ class RunFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Sweep:
-    target: str
     model: str
     variants: str
-    endpoint: str
-    mode: str
     levels: list[float]
-    step: StepSpec  # the settings every step shares; model, label, level and folder are filled per step
-    slo: Slo
+    settings: StepSettings  # what every step shares; each step adds its model id, level and folder
     attainment: float
     config_path: Path
     hardware_profile: str | None
@@ -56,38 +53,36 @@ class Sweep:
 
 def sweep_from_args(args: argparse.Namespace) -> Sweep:
     """Validate every argument before any load is sent."""
-    import random
-
     target = check_target(args.target, args.allow_remote_target)
     mode = "rate" if args.rate else "users"
     levels = parse_levels(args.rate or args.users or DEFAULT_USER_LEVELS, mode)
     load_prompt_set(args.prompts)
-    output_length_sampler(args.max_tokens, random.Random(0))
+    output_length_sampler(args.max_tokens, random.Random(args.seed))
     if not 0 < args.slo_attainment <= 1 or args.max_requests < 1 or args.rate_users < 1:
         raise ValueError("--slo-attainment must be in (0, 1]; --max-requests and --rate-users at least 1")
     prices_path = Path(args.prices) if args.prices else DEFAULT_PRICES_PATH
     run_id = args.run_id or f"{datetime.now():%Y%m%d-%H%M%S}-{args.model.replace(':', '-')}"
-    step = StepSpec(target=target, model_id="", label="", endpoint=args.endpoint, mode=mode, level=0,
-                    warmup_s=parse_duration(args.warmup), duration_s=parse_duration(args.duration),
-                    max_requests=args.max_requests, rate_users=args.rate_users, prompts=args.prompts,
-                    max_tokens=args.max_tokens, slo_ttft_ms=args.slo_ttft_ms, slo_itl_ms=args.slo_itl_ms,
-                    seed=args.seed, folder=Path())
-    return Sweep(target=target, model=args.model, variants=args.variants, endpoint=args.endpoint, mode=mode,
-                 levels=levels, step=step, slo=Slo(args.slo_ttft_ms or None, args.slo_itl_ms or None),
+    settings = StepSettings(target=target, endpoint=args.endpoint, mode=mode, warmup_s=parse_duration(args.warmup),
+                            duration_s=parse_duration(args.duration), max_requests=args.max_requests,
+                            rate_users=args.rate_users, prompts=args.prompts, max_tokens=args.max_tokens,
+                            slo=Slo(args.slo_ttft_ms or None, args.slo_itl_ms or None), seed=args.seed)
+    return Sweep(model=args.model, variants=args.variants, levels=levels, settings=settings,
                  attainment=args.slo_attainment, config_path=Path(args.config), hardware_profile=args.hardware_profile,
                  prices=_load_prices(prices_path), prices_path=prices_path, folder=Path(args.reports_dir) / run_id)
 
 
 def run_sweep(sweep: Sweep, progress: Callable[[str], None]) -> Path:
+    target, endpoint = sweep.settings.target, sweep.settings.endpoint
     with httpx.Client(timeout=TIMEOUT) as client:
-        available = list_models(client, sweep.target)
+        available = list_models(client, target)
         model_ids = select_model_ids(available, sweep.model, sweep.variants)
-        answered = {model_id: probe(client, sweep.target, model_id, sweep.endpoint) for model_id in model_ids}
+        answered = {model_id: probe(client, target, model_id, endpoint) for model_id in model_ids}
         costs = {label_for(model_id): variant_cost(sweep, model_id, progress) for model_id in model_ids}
         meta = _meta(sweep, model_ids, available, answered)
         records, error = _run_steps(sweep, model_ids, client, progress)
     meta.update(status="incomplete" if error else "complete", error=error, finished_at=_now())
-    report = write_report(sweep.folder, build_results(meta, records, costs, sweep.slo, sweep.attainment), records)
+    results = build_results(meta, records, costs, sweep.settings.slo, sweep.attainment)
+    report = write_report(sweep.folder, results, records)
     if error:
         raise RunFailed(error, report)
     return report
@@ -98,8 +93,9 @@ def _run_steps(sweep: Sweep, model_ids: list[str], client: httpx.Client, progres
     try:
         for model_id in model_ids:
             for level in sweep.levels:
-                step = _step(sweep, model_id, level)
-                progress(f"{step.name}: warm-up {step.warmup_s:g} s, then {step.duration_s:g} s measured")
+                step = step_for(sweep, model_id, level)
+                settings = step.settings
+                progress(f"{step.name}: warm-up {settings.warmup_s:g} s, then {settings.duration_s:g} s measured")
                 found = run_step(step, progress)
                 records += found
                 progress(f"{step.name}: {len(found)} requests, {sum(not r.ok for r in found)} errors")
@@ -113,17 +109,17 @@ def _run_steps(sweep: Sweep, model_ids: list[str], client: httpx.Client, progres
     return records, ""
 
 
-def _step(sweep: Sweep, model_id: str, level: float) -> StepSpec:
+def step_for(sweep: Sweep, model_id: str, level: float) -> StepSpec:
     label = label_for(model_id)
     folder = sweep.folder / "steps" / f"{label}-{level:g}".replace(":", "-")
-    return replace(sweep.step, model_id=model_id, label=label, level=level, folder=folder)
+    return StepSpec(sweep.settings, model_id=model_id, label=label, level=level, folder=folder)
 
 
 def _check_target_alive(sweep: Sweep, step: StepSpec, records: list[RequestRecord], client: httpx.Client) -> None:
     if records and all(record.status for record in records):
         return
     try:
-        list_models(client, sweep.target)
+        list_models(client, sweep.settings.target)
     except LoadtestError as exc:
         raise LoadtestError(f"the target went away during {step.name}: {exc}") from None
     if not records:
@@ -173,14 +169,15 @@ def _load_prices(path: Path) -> PriceTable:
 
 
 def _meta(sweep: Sweep, model_ids: list[str], available: list[str], answered: dict[str, str]) -> dict:
-    step = sweep.step
+    settings = sweep.settings
     return {
         "run_id": sweep.folder.name, "status": "running", "error": "", "started_at": _now(), "finished_at": None,
         "config": {
-            "target": sweep.target, "model": sweep.model, "model_ids": model_ids, "endpoint": sweep.endpoint,
-            "mode": sweep.mode, "levels": sweep.levels, "warmup_s": step.warmup_s, "step_s": step.duration_s,
-            "max_requests_per_step": step.max_requests, "rate_users": step.rate_users, "prompts": step.prompts,
-            "max_tokens": step.max_tokens, "seed": step.seed, "config_file": str(sweep.config_path),
+            "target": settings.target, "model": sweep.model, "model_ids": model_ids, "endpoint": settings.endpoint,
+            "mode": settings.mode, "levels": sweep.levels, "warmup_s": settings.warmup_s,
+            "step_s": settings.duration_s, "max_requests_per_step": settings.max_requests,
+            "rate_users": settings.rate_users, "prompts": settings.prompts, "max_tokens": settings.max_tokens,
+            "seed": settings.seed, "config_file": str(sweep.config_path),
         },
         "prices": {"file": sweep.prices_path.name, "profiles": sweep.prices.model_dump(mode="json")["profiles"]},
         "versions": versions(),

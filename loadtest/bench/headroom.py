@@ -11,6 +11,10 @@ import threading
 import time
 from pathlib import Path
 
+from loadtest.cost import Slo
+from loadtest.records import RequestRecord
+from loadtest.runner import StepSettings, StepSpec, run_step
+
 CHUNKS = 16  # output chunks per canned answer
 
 
@@ -63,16 +67,13 @@ def canned_server():
 
 
 def bench_headroom(levels: list[int], seconds: float, folder: Path) -> list[dict]:
-    from loadtest.records import RequestRecord
-    from loadtest.runner import StepSpec, run_step
-
     rows = []
     with canned_server() as url:
         for users in levels:
-            step = StepSpec(target=url, model_id="canned", label="canned", endpoint="chat", mode="users",
-                            level=users, warmup_s=1, duration_s=seconds, max_requests=1_000_000, rate_users=users,
-                            prompts="short", max_tokens=str(CHUNKS), slo_ttft_ms=0, slo_itl_ms=0, seed=0,
-                            folder=folder / f"headroom-{users}")
+            settings = StepSettings(target=url, endpoint="chat", mode="users", warmup_s=1, duration_s=seconds,
+                                    max_requests=1_000_000, rate_users=users, prompts="short", max_tokens=str(CHUNKS),
+                                    slo=Slo(), seed=0)
+            step = StepSpec(settings, "canned", label="canned", level=users, folder=folder / f"headroom-{users}")
             records: list[RequestRecord] = [r for r in run_step(step, progress=lambda _: None)
                                             if r.phase == "measure"]
             ok = [r for r in records if r.ok]
