@@ -9,13 +9,16 @@ when a request misses `--slo-ttft-ms` / `--slo-itl-ms`). EmbeddingsUser posts to
 Each request becomes one row of `--records-csv`. Only classes whose model is given run.
 """
 
+# isort: off
+import locust  # noqa: F401  # first: gevent must patch the standard library before ssl/urllib3 load
+# isort: on
+
 import logging
 import random
 import sys
 import time
 
 import gevent
-import locust  # noqa: F401  # first: gevent must patch the standard library before ssl/urllib3 load
 import requests
 from locust import HttpUser, constant, events, task
 

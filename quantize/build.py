@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import shutil
 import time
@@ -18,6 +19,15 @@ from importlib import metadata
 from pathlib import Path
 
 from quantize.errors import QuantizeError
+from quantize.methods import evaluate_variant, run_method
+from quantize.source import (
+    check_causal_lm_folder,
+    copy_base_folder,
+    materialize_base,
+    resolve_source,
+    source_fingerprint,
+)
+from quantserve.config import GptqBuild, ModelConfig, QuantserveConfig, VariantConfig
 from quantserve.manifest import (
     BASE_VARIANT,
     ModelManifest,
@@ -29,15 +39,6 @@ from quantserve.manifest import (
     verify_files,
     write_manifest,
 )
-from quantize.methods import evaluate_variant, run_method
-from quantize.source import (
-    check_causal_lm_folder,
-    copy_base_folder,
-    materialize_base,
-    resolve_source,
-    source_fingerprint,
-)
-from quantserve.config import GptqBuild, ModelConfig, QuantserveConfig, VariantConfig
 
 # Bump a method's number when its output changes for the same inputs, so cached variants are rebuilt.
 BUILD_CODE_VERSIONS = {"base": 1, "onnx": 1, "gptq": 2, "embedding-onnx": 2}
@@ -246,15 +247,8 @@ def _parameter_count(base_dir: Path) -> int:
     for weights in base_dir.glob("*.safetensors"):
         with safe_open(str(weights), framework="numpy") as handle:
             for key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
-                total += int(_prod(handle.get_slice(key).get_shape()))
+                total += math.prod(handle.get_slice(key).get_shape())
     return total
-
-
-def _prod(shape: list[int]) -> int:
-    result = 1
-    for dim in shape:
-        result *= dim
-    return result
 
 
 def _build_variant(state: ModelBuild, base_dir: Path, variant: VariantConfig) -> None:

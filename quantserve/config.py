@@ -14,13 +14,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from quantserve.constants import DEFAULT_CONFIG_PATH
 
-
 # Names that end up in folder names and in `model:variant` ids.
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 
 
 class ConfigError(ValueError):
     """The configuration file is missing or invalid; the message is meant for the user as is."""
+
+
+def require_unique(names: list[str], what: str) -> list[str]:
+    """`names` as given, or a ValueError naming each repeated one (`what`: e.g. "model names")."""
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{what}: {', '.join(map(repr, repeated))} given more than once in {names}")
+    return names
 
 
 class StrictModel(BaseModel):
@@ -147,9 +154,7 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _variants_consistent(self) -> ModelConfig:
-        names = [v.name for v in self.variants]
-        if len(set(names)) != len(names):
-            raise ValueError(f"model {self.name!r}: duplicate variant names in {names}")
+        names = require_unique([v.name for v in self.variants], f"model {self.name!r}: variant names")
         if self.default_variant not in names:
             raise ValueError(f"model {self.name!r}: default_variant {self.default_variant!r} is not one of {names}")
         for variant in self.variants:
@@ -234,9 +239,7 @@ class QuantserveConfig(StrictModel):
 
     @model_validator(mode="after")
     def _model_names_unique(self) -> QuantserveConfig:
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise ValueError(f"duplicate model names in {names}")
+        require_unique([m.name for m in self.models], "model names")
         return self
 
     def model(self, name: str) -> ModelConfig:
