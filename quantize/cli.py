@@ -30,7 +30,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="quantserve config file (default: %(default)s)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
+                        help="quantserve config file (default: %(default)s)")
     parser.add_argument("--model", metavar="PATH",
                         help="a local Hugging Face causal-LM folder (or .gguf) to use instead")
     parser.add_argument("--name", help="model name for --model (default: the folder name)")
@@ -87,8 +88,8 @@ def _run_eval(args: argparse.Namespace) -> None:
 
 
 def _run_list(args: argparse.Namespace) -> None:
-    from quantserve.manifest import read_manifest
     from quantize.table import render_table
+    from quantserve.manifest import read_manifest
 
     config = selected_config(args)
     for model in _selected_models(args, config):

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from quantize.errors import QuantizeError
-from quantserve.manifest import Quality
 from quantize.source import check_causal_lm_folder
 from quantserve.config import BuildSpec, EmbeddingOnnxBuild, GptqBuild, OnnxBuild
+from quantserve.manifest import Quality
 
 
 def run_method(spec: BuildSpec, base_dir: Path, source_path: Path, out: Path, cache_dir: Path, label: str) -> dict:

@@ -1,4 +1,5 @@
-"""The price table (`quantserve/prices.yaml`): what one replica's hardware costs per hour, and where that figure came from.
+"""The price table (`quantserve/prices.yaml`): what one replica's hardware costs per hour, and where that figure
+came from.
 
 Serving reads it for the cost metrics, load tests and the planner for $ per 1M tokens.
 """

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
+from quantserve.config import LimitsConfig
 from serving import protocol as p
 from serving.auth import ApiKeys
-from quantserve.config import LimitsConfig
 from serving.limits import check_body_size
 from serving.rate_limits import RateLimiter
 from serving.responses import error_response

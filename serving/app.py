@@ -11,9 +11,9 @@ from pathlib import Path
 
 from ray.serve import Application
 
-from serving.catalog import ServedVariant, build_catalog
-from quantserve.constants import DEFAULT_CONFIG_PATH
 from quantserve.config import LoggingSpec, QuantserveConfig, ServeSpec, load_config, parse_config
+from quantserve.constants import DEFAULT_CONFIG_PATH
+from serving.catalog import ServedVariant, build_catalog
 from serving.replicas import EmbeddingReplica, OnnxTextReplica, VllmTextReplica
 from serving.router import Router
 

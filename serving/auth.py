@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from serving import protocol as p
 from quantserve.config import AuthConfig, ConfigError, RateLimitConfig, format_validation_error
+from serving import protocol as p
 
 ANONYMOUS = "anonymous"  # the key id of every request while authentication is off
 

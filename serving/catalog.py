@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from quantserve.manifest import built_name, read_manifest
 from quantserve.config import ConfigError, QuantserveConfig
+from quantserve.manifest import built_name, read_manifest
 from quantserve.prices import PriceError, load_prices
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from serving import protocol as p
 from quantserve.config import LimitsConfig
+from serving import protocol as p
 
 
 def check_generation(body: p.ChatCompletionRequest | p.CompletionRequest, limits: LimitsConfig) -> None:

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from serving import protocol as p
 from quantserve.config import RateLimitConfig
+from serving import protocol as p
 
 
 @dataclass

@@ -12,9 +12,9 @@ import threading
 import time
 
 from quantserve.config import LoggingSpec, load_config
+from quantserve.constants import DEFAULT_CONFIG_PATH
 from serving.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from serving.serve_config import APP_NAME, HAPROXY_ENV_VARS, THROUGHPUT_ENV_VARS, logging_env_vars
-from quantserve.constants import DEFAULT_CONFIG_PATH
 
 # Keep every Ray listener on 127.0.0.1 and send no usage statistics. A local cluster has no load balancer
 # that must first stop sending traffic, so Serve's 30 s minimum ingress draining is cut to 2 s (Ctrl-C stops fast).
@@ -24,7 +24,8 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABL
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("serve", help="serve the configured variants behind the OpenAI API")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="quantserve config file (default: %(default)s)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
+                        help="quantserve config file (default: %(default)s)")
     parser.add_argument("--host", help="bind address (default: the config's server.host, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: the config's server.port, 8000)")
     parser.add_argument("--ray-cpus", type=int, default=8,
