@@ -25,7 +25,7 @@ BIN := $(VENV)/bin
 STAMP := .stamps/install-$(DEPS_HASH)
 MODELS_CACHE := $(QS_CACHE)/models
 
-.PHONY: install system-deps variants demo serve bench soak test lint helm-sync helm-lint clean distclean
+.PHONY: install system-deps variants demo serve bench soak test test-fast lint helm-sync helm-lint clean distclean
 .DEFAULT_GOAL := demo
 
 install: $(STAMP)
@@ -80,18 +80,26 @@ SOAK_DURATION ?= 10m
 soak: variants
 	$(BIN)/quantserve soak --duration $(SOAK_DURATION)
 
+# Both tiers (what .ci/run calls): tests/unit, then tests/integration with the built variants and the real app.
 test: install system-deps
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
+
+# The unit tier only: no Ray, no built variants, no network; under a minute.
+test-fast: install
+	$(BIN)/python -m pytest -q tests/unit
 
 helm-sync: install
 	$(BIN)/python helm/sync_values.py
 
 helm-lint: install
 	$(BIN)/python helm/sync_values.py --check
-	$(BIN)/python -m pytest -q tests/test_helm_chart.py tests/test_serve_config.py
+	$(BIN)/python -m pytest -q tests/integration/test_helm_chart.py tests/unit/test_serve_config.py \
+	  tests/integration/test_serve_config.py
 
 lint: install
-	$(BIN)/ruff check quantize serving loadtest tests
+	$(BIN)/ruff check quantserve quantize serving loadtest helm tests
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf .stamps reports .pytest_cache .ruff_cache

@@ -15,9 +15,9 @@ import time
 import httpx
 import psutil
 import pytest
-from tests.helpers.apps import app_config, started_app
 
 from loadtest.soak import serve_processes
+from tests.helpers.apps import app_config, started_app
 
 pytestmark = pytest.mark.slow
 

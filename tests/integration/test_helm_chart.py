@@ -5,6 +5,9 @@ import shutil
 
 import pytest
 import yaml
+
+from quantserve.config import load_config, parse_config  # noqa: E402
+from serving.serve_config import build_serve_config  # noqa: E402
 from tests.helpers.helm_tools import (
     CHART,
     EVERYTHING_ON,
@@ -26,9 +29,6 @@ from tests.helpers.helm_tools import (
     validate_rayservice,
     workers,
 )
-
-from quantserve.config import load_config, parse_config  # noqa: E402
-from serving.serve_config import build_serve_config  # noqa: E402
 
 PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
 

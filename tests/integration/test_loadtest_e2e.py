@@ -11,11 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.helpers import run_quantserve
 
 from loadtest.report import FILES
 from quantserve.config import load_config
 from serving.launcher import free_port
+from tests.helpers import run_quantserve
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = load_config(REPO / "quantserve.yaml")

@@ -6,6 +6,7 @@ import subprocess
 
 import httpx
 import pytest
+
 from tests.helpers.prometheus_server import RULES_FILE, require_binary, run_prometheus
 
 MODEL = "smollm2-135m:onnx-fp32"

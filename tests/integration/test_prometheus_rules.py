@@ -8,9 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
-from tests.helpers.prometheus_server import REPO_ROOT, RULES_FILE, PrometheusServer, free_port, require_binary, run_prometheus
 
 from serving.metrics import QuantserveMetrics, ReplicaLabels, RequestLabels
+from tests.helpers.prometheus_server import (
+    REPO_ROOT,
+    RULES_FILE,
+    PrometheusServer,
+    free_port,
+    require_binary,
+    run_prometheus,
+)
 
 PROMTOOL_TESTS = sorted((REPO_ROOT / "tests" / "integration" / "promtool").glob("*.yaml"))
 DASHBOARD_FILE = REPO_ROOT / "helm" / "quantserve" / "files" / "grafana-dashboard.json"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.helpers import QUANTSERVE, REPO, run_quantserve
 
 from quantserve.manifest import read_manifest, verify_files
+from tests.helpers import QUANTSERVE, REPO, run_quantserve
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 TINY_VARIANTS = ["onnx-fp32", "onnx-int4"]

@@ -16,9 +16,9 @@ import time
 import httpx
 import openai
 import pytest
-from tests.helpers.apps import app_config, started_app
 
 from serving.auth import key_id
+from tests.helpers.apps import app_config, started_app
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,11 @@ import time
 
 import httpx
 import pytest
-from tests.helpers import wait_for
-from tests.helpers.apps import REQUEST_TIMEOUT_SECONDS
 from tokenizers import Tokenizer
 
 from serving.engines.chat_template import ChatTemplate
+from tests.helpers import wait_for
+from tests.helpers.apps import REQUEST_TIMEOUT_SECONDS
 
 pytestmark = pytest.mark.slow
 

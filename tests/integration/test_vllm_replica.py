@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from tests.helpers import REPO, wait_for
 
 from serving.launcher import AppStartError, running_app
+from tests.helpers import REPO, wait_for
 
 pytestmark = pytest.mark.slow
 

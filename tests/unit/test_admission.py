@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from tests.helpers import HandClock
 
+from quantserve.config import AuthConfig, ConfigError, LimitsConfig, RateLimitConfig
 from serving import protocol as p
 from serving.admission import AdmissionPolicy
 from serving.auth import ANONYMOUS, ApiKey, ApiKeys, key_id, read_keys
-from quantserve.config import AuthConfig, ConfigError, LimitsConfig, RateLimitConfig
 from serving.rate_limits import RateLimiter
+from tests.helpers import HandClock
 
 # --- API keys --------------------------------------------------------------------------------------
 

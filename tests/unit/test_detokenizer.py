@@ -1,16 +1,24 @@
-"""Incremental detokenization and stop strings, with the embedded model's real tokenizer."""
-
-from pathlib import Path
+"""Incremental detokenization and stop strings, with a small byte-level BPE tokenizer (the kind SmolLM2 uses)
+trained here on ASCII text: accented letters, CJK and emoji then span several tokens each, as rare characters
+do in the real vocabulary."""
 
 import pytest
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from serving.engines.detokenizer import IncrementalDetokenizer
 
+TRAINING_TEXT = ["one two three four five the story ends here and there", "hello world, a naive cafe"] * 20
+VOCABULARY_SIZE = 300  # the 256 bytes and a few merges: multi-byte characters stay split into bytes
+
 
 @pytest.fixture(scope="module")
-def tokenizer(built_models: Path) -> Tokenizer:
-    return Tokenizer.from_file(str(built_models / "smollm2-135m" / "onnx-int4" / "tokenizer.json"))
+def tokenizer() -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCABULARY_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(TRAINING_TEXT, trainer)
+    return tokenizer
 
 
 def stream(tokenizer, text: str, stop: tuple[str, ...]) -> tuple[list[str], IncrementalDetokenizer]:
