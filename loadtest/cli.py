@@ -6,6 +6,7 @@ import argparse
 import functools
 import sys
 from pathlib import Path
+
 from quantserve.constants import DEFAULT_CONFIG_PATH
 
 

@@ -1,5 +1,5 @@
-"""`quantserve demo` (`make demo`), after the variants are built: start the application on 127.0.0.1, run a short load-test
-sweep over every variant of the embedded model, write the report, stop the application."""
+"""`quantserve demo` (`make demo`), after the variants are built: start the application on 127.0.0.1, run a short
+load-test sweep over every variant of the embedded model, write the report, stop the application."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serving.launcher import AppStartError, running_app
 from quantserve.constants import DEFAULT_CONFIG_PATH
+from serving.launcher import AppStartError, running_app
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:

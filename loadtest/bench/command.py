@@ -22,11 +22,11 @@ import yaml
 from loadtest.bench import engines, headroom, router, variants
 from loadtest.bench.report import render_markdown
 from loadtest.machine import describe_machine, versions
-from quantserve.manifest import read_manifest
 from quantserve.config import load_config, parse_config
+from quantserve.constants import DEFAULT_CONFIG_PATH
+from quantserve.manifest import read_manifest
 from serving.launcher import running_app
 from serving.serve_cli import LOOPBACK_ENV
-from quantserve.constants import DEFAULT_CONFIG_PATH
 
 SECTIONS = ("router", "batching", "ceiling", "backends", "variants", "headroom")
 MODEL = "smollm2-135m"

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from quantserve.manifest import BASE_VARIANT, built_name, read_manifest
 from quantserve.config import QuantserveConfig
+from quantserve.manifest import BASE_VARIANT, built_name, read_manifest
 
 
 def short_sweep(url: str, config_path: Path, users: str, duration: str, folder: Path) -> dict:
