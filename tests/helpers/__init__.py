@@ -3,6 +3,7 @@ unit tier can use it; what starts applications lives in `tests.helpers.apps`."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -38,3 +39,13 @@ class HandClock:
 def run_quantserve(*args: str, timeout: float = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """The real `quantserve` CLI in a subprocess, its output captured as text."""
     return subprocess.run([*QUANTSERVE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+async def wait_for_async(condition: Callable[[], object], timeout: float, interval: float = 0.01) -> bool:
+    """`wait_for` inside an event loop: polls without blocking the loop, so the code under test keeps running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(interval)
+    return bool(condition())

@@ -1,7 +1,7 @@
 """Faults against the real application: a replica process killed with SIGKILL while it serves, and a SIGTERM to
 `quantserve serve` that must drain in-flight requests. onnx-int4 falls back to gptq-int4 (quantserve.yaml).
 
-The SIGTERM test ends the application, so it runs last in this module.
+The SIGTERM test ends its application, so it has one of its own: no test here depends on running order.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from loadtest.soak import serve_processes
+from tests.helpers import wait_for
 from tests.helpers.apps import app_config, started_app
 
 pytestmark = pytest.mark.slow
@@ -31,6 +32,15 @@ COUNTING = {"prompt": "1, 2, 3, 4, 5, 6,", "temperature": 0}  # never meets an e
 def fault_app(built_models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("fault-app")
     config = app_config(built_models, [INT4, GPTQ], {"drain_timeout_s": DRAIN_TIMEOUT_SECONDS})
+    with started_app(config, folder) as app:
+        yield app
+
+
+@pytest.fixture
+def draining_app(built_models, tmp_path_factory):
+    """An application of its own for the SIGTERM test, which ends it."""
+    folder = tmp_path_factory.mktemp("draining-app")
+    config = app_config(built_models, [GPTQ], {"drain_timeout_s": DRAIN_TIMEOUT_SECONDS})
     with started_app(config, folder) as app:
         yield app
 
@@ -86,18 +96,16 @@ def test_a_killed_replica_ends_its_streams_cleanly_falls_back_and_comes_back(fau
     assert answer.headers["x-quantserve-variant"] in ("gptq-int4", "onnx-int4")  # the fallback, or a new replica
     assert httpx.get(f"{app.url}/health", timeout=10).status_code == 200  # the router stayed up
 
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (ready(app).get(INT4) and replica_process(app, f"{MODEL}--onnx-int4")):
-        time.sleep(1)
-    assert ready(app)[INT4], "Serve did not bring the killed replica back"
+    back = lambda: ready(app).get(INT4) and replica_process(app, f"{MODEL}--onnx-int4")  # noqa: E731
+    assert wait_for(back, 120, interval=1), "Serve did not bring the killed replica back"
     assert replica_process(app, f"{MODEL}--onnx-int4").pid != victim.pid
     again = httpx.post(f"{app.url}/v1/completions", json={"model": INT4, "prompt": "Hello", "max_tokens": 4},
                        timeout=60)
     assert again.status_code == 200 and again.headers["x-quantserve-variant"] == "onnx-int4"
 
 
-def test_sigterm_refuses_new_requests_finishes_in_flight_ones_then_exits(fault_app):
-    app = fault_app
+def test_sigterm_refuses_new_requests_finishes_in_flight_ones_then_exits(draining_app):
+    app = draining_app
     reader, events = start_stream(app.url, {"model": GPTQ, "max_tokens": 60, "stream": True, **COUNTING})
     signalled_at = time.monotonic()
     os.kill(app.process.pid, signal.SIGTERM)

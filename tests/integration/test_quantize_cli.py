@@ -4,19 +4,20 @@ building, skipping, rebuilding, interrupting and every bad input take seconds, n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
 from quantserve.manifest import read_manifest, verify_files
-from tests.helpers import QUANTSERVE, REPO, run_quantserve
+from tests.helpers import QUANTSERVE, REPO, run_quantserve, wait_for
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 TINY_VARIANTS = ["onnx-fp32", "onnx-int4"]
@@ -165,9 +166,8 @@ def test_killed_build_leaves_a_consistent_manifest_and_the_next_build_cleans_up(
     with (tmp_path / "build.log").open("w") as log:
         process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for(lambda: any(model_dir.glob(".tmp-onnx-fp32-*")) or process.poll() is not None, timeout=120)
+        assert wait_for(lambda: exporter_running(process) or process.poll() is not None, timeout=120)
         assert process.poll() is None, (tmp_path / "build.log").read_text()[-3000:]
-        time.sleep(1)  # let the exporter start writing
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the CLI and its exporter subprocess, as a terminal's kill would
         process.wait()
@@ -180,11 +180,12 @@ def test_killed_build_leaves_a_consistent_manifest_and_the_next_build_cleans_up(
     assert_listed_variants_verify(model_dir)
 
 
-def _wait_for(condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+def exporter_running(cli: subprocess.Popen) -> bool:
+    """Whether the CLI's ONNX builder subprocess runs (the variant is then being written)."""
+    with contextlib.suppress(psutil.Error):
+        children = psutil.Process(cli.pid).children(recursive=True)
+        return any("onnxruntime_genai.models.builder" in child.cmdline() for child in children)
+    return False
 
 
 # --- bad input: one line on stderr, a non-zero exit, nothing written -------------------------------------

@@ -9,6 +9,7 @@ import pytest
 
 from serving.engines.base import EngineError, SamplingParams
 from serving.engines.onnx_engine import OnnxEngine, OnnxEngineConfig, collect
+from tests.helpers import wait_for_async
 
 QUESTIONS = ["What is the capital of France?", "Write a haiku about autumn leaves.", "Why is the sky blue?",
              "How do I boil an egg?"]
@@ -50,8 +51,7 @@ def test_a_request_arriving_mid_batch_joins_the_running_batch(engine, prompts):
     async def scenario():
         early = asyncio.create_task(collect(engine.generate("early", prompts[1], SamplingParams(max_tokens=60,
                                                                                                temperature=0))))
-        while engine.stats().running == 0:
-            await asyncio.sleep(0.01)
+        assert await wait_for_async(lambda: engine.stats().running > 0, 30), "the early request never ran"
         late = await collect(engine.generate("late", prompts[0], GREEDY))
         early_done = early.done()
         await early
@@ -97,10 +97,7 @@ def test_closing_the_stream_aborts_the_request_and_frees_its_slot(engine, prompt
             if received == 3:
                 break
         await stream.aclose()
-        for _ in range(200):
-            if engine.stats().running == 0:
-                return received, engine.stats()
-            await asyncio.sleep(0.02)
+        await wait_for_async(lambda: engine.stats().running == 0, 4)
         return received, engine.stats()
 
     received, stats = run(scenario())
@@ -122,11 +119,10 @@ def test_a_full_queue_answers_503(built_models: Path, prompts):
     async def scenario():
         long = SamplingParams(max_tokens=200, temperature=0)
         running = asyncio.create_task(collect(small.generate("running", prompts[1], long)))
-        while small.stats().running == 0:
-            await asyncio.sleep(0.01)
+        assert await wait_for_async(lambda: small.stats().running > 0, 30), "the first request never ran"
         waiting = small.generate("waiting", prompts[2], long)
         waiting_task = asyncio.create_task(collect(waiting))
-        await asyncio.sleep(0.05)
+        assert await wait_for_async(lambda: small.stats().waiting > 0, 30), "the second request was never queued"
         with pytest.raises(EngineError) as refused:
             await collect(small.generate("refused", prompts[0], GREEDY))
         running.cancel()

@@ -11,6 +11,7 @@ import pytest
 from quantserve.manifest import ModelManifest, read_manifest, verify_files
 from serving.engines.base import SamplingParams
 from serving.engines.onnx_engine import OnnxEngine, OnnxEngineConfig, collect
+from tests.helpers import wait_for_async
 
 CHAT, EMBEDDING = "smollm2-135m", "minilm-l6-v2"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -55,8 +56,8 @@ def greedy_answer(folder: Path) -> str:
     async def answer() -> str:
         output = await collect(engine.generate("capital", engine.render_chat(QUESTION),
                                                SamplingParams(max_tokens=16, temperature=0)))
-        while engine.stats().running:  # let the batcher retire the sequence while the loop is open
-            await asyncio.sleep(0.01)
+        # let the batcher retire the sequence while the loop is open
+        assert await wait_for_async(lambda: not engine.stats().running, 30), "the sequence was never retired"
         return output.text
 
     try:
