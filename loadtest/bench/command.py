@@ -123,7 +123,8 @@ def run_bench(args: argparse.Namespace) -> int:
     plan = quick_plan() if args.quick else full_plan()
     folder = Path(tempfile.mkdtemp(prefix="quantserve-bench-"))
     results = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick, "plan": plan,
-               "machine": describe_machine(), "versions": versions(), "sections": args.sections}
+               "machine": describe_machine(), "versions": versions(), "sections": args.sections,
+               "config_file": str(args.config)}
     results |= engine_sections(args, plan, model_dir)
     results |= serving_sections(args, plan, folder)
     if "headroom" in args.sections:

