@@ -19,12 +19,13 @@ import sys
 from pathlib import Path
 
 from quantserve.config import QuantserveConfig, load_config
+from quantserve.constants import DEFAULT_CONFIG_PATH
 
 REPO = Path(__file__).resolve().parent.parent
 
 CHART = REPO / "helm" / "quantserve"
 GPU_CONFIG = REPO / "quantserve.gpu.yaml"
-BEGIN, END = "# BEGIN quantserve.yaml\n", "# END quantserve.yaml\n"
+BEGIN, END = f"# BEGIN {DEFAULT_CONFIG_PATH}\n", f"# END {DEFAULT_CONFIG_PATH}\n"
 
 
 def values_text(values: str, config_text: str) -> str:
@@ -77,7 +78,7 @@ def sync(config_path: Path, *, check: bool, gpu_config_path: Path = GPU_CONFIG) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=REPO / "quantserve.yaml", help="config to copy in")
+    parser.add_argument("--config", type=Path, default=REPO / DEFAULT_CONFIG_PATH, help="config to copy in")
     parser.add_argument("--check", action="store_true", help="only report whether the chart is up to date")
     args = parser.parse_args(argv)
     stale = sync(args.config, check=args.check)
