@@ -4,11 +4,10 @@ figures that agree with each other (ratios equal to their parts, shares that add
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,6 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,9 +14,8 @@ import pytest
 from loadtest.report import FILES
 from quantserve.config import load_config
 from serving.launcher import free_port
-from tests.helpers import run_quantserve
+from tests.helpers import REPO, run_quantserve
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = load_config(REPO / "quantserve.yaml")
 CHAT_MODEL = next(model.name for model in CONFIG.models if model.kind == "chat")
 EMBEDDING_MODELS = [model.name for model in CONFIG.models if model.kind == "embedding"]
