@@ -1,4 +1,4 @@
-"""`quantserve quantize …`: build, evaluate and list a model's variants."""
+"""`quantserve quantize …`: build, evaluate, list, push and pull a model's variants."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from quantserve.constants import DEFAULT_CONFIG_PATH
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    quantize = subparsers.add_parser("quantize", help="build, evaluate and list quantized variants")
+    quantize = subparsers.add_parser("quantize", help="build, evaluate, list, push and pull quantized variants")
     commands = quantize.add_subparsers(dest="quantize_command", required=True, metavar="COMMAND")
 
     base = commands.add_parser("base", help="convert the model source into a Hugging Face folder")
@@ -27,6 +27,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     build.set_defaults(handler=_run_build)
     evaluate.set_defaults(handler=_run_eval)
     listing.set_defaults(handler=_run_list)
+    _add_transfer_commands(commands)
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +37,20 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="a local Hugging Face causal-LM folder (or .gguf) to use instead")
     parser.add_argument("--name", help="model name for --model (default: the folder name)")
     parser.add_argument("--models", default="all", help="comma-separated model names from the config, or 'all'")
+
+
+def _add_transfer_commands(commands: argparse._SubParsersAction) -> None:
+    push = commands.add_parser("push", help="upload built variants and their manifest to S3-compatible storage")
+    pull = commands.add_parser("pull", help="download variants, check every sha256, then place them in models_dir")
+    for parser in (push, pull):
+        parser.add_argument("uri", metavar="URI", help="s3://BUCKET[/PREFIX]; files go to PREFIX/<model>/<variant>/. "
+                            "Credentials and endpoint from the environment (AWS_*, AWS_ENDPOINT_URL)")
+        parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
+                            help="quantserve config file: models, variants and models_dir (default: %(default)s)")
+        parser.add_argument("--models", default="all", help="comma-separated model names from the config, or 'all'")
+        parser.add_argument("--variants", default="all", help="comma-separated variant names, or 'all'")
+    push.set_defaults(handler=_run_push)
+    pull.set_defaults(handler=_run_pull)
 
 
 def selected_config(args: argparse.Namespace) -> QuantserveConfig:
@@ -98,3 +113,31 @@ def _run_list(args: argparse.Namespace) -> None:
             print(f"{model.name}: nothing built yet; run `quantserve quantize build`")
         else:
             print(render_table(manifest))
+
+
+def _run_push(args: argparse.Namespace) -> None:
+    from quantize.storage import push_model  # boto3 takes a while to import: only for push and pull
+
+    _transfer(args, push_model, "pushed", "to")
+
+
+def _run_pull(args: argparse.Namespace) -> None:
+    from quantize.storage import pull_model
+
+    _transfer(args, pull_model, "pulled", "from")
+
+
+def _transfer(args: argparse.Namespace, move, verb: str, preposition: str) -> None:
+    from quantize.object_store import ObjectLocation, ObjectStore
+
+    location = ObjectLocation.parse(args.uri)
+    config = load_config(args.config)
+    models = _selected_models(args, config)
+    store = ObjectStore(location)
+    for model in models:
+        done = move(config, model, args.variants, store)
+        if done.skipped:
+            print(f"{model.name}: up to date here, skipped: {', '.join(done.skipped)}", flush=True)
+        if done.variants:
+            print(f"{model.name}: {verb} {', '.join(done.variants)} ({done.bytes / 1e6:.1f} MB in "
+                  f"{done.seconds:.1f} s) {preposition} {location.uri(model.name)}", flush=True)
