@@ -2,14 +2,17 @@
 
 Within a variant, Ray Serve's handle picks the replica (power of two choices on queue length). Across
 variants, the router tries the requested variant, then its `fallbacks` in order, skipping those with
-no live replica; a variant that answers "overloaded" passes the request on to the next one.
+no live replica; a variant that answers "overloaded" passes the request on to the next one (FallbackChain,
+for generations and embeddings alike).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
@@ -25,6 +28,7 @@ RETRY_AFTER_SECONDS = "2"
 REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
 # The replica's queue is full (Serve's max_queued_requests): try a fallback, the variant itself is fine.
 REPLICA_BUSY = (BackPressureError,)
+Answer = TypeVar("Answer")
 
 
 @dataclass
@@ -67,9 +71,6 @@ class VariantDirectory:
                            code="no_healthy_replica", headers={"Retry-After": RETRY_AFTER_SECONDS})
         return live
 
-    def all_ready(self) -> bool:
-        return all(state.ready for state in self.states.values())
-
     async def probe_forever(self, on_probe) -> None:
         """Ask every variant's replicas for their stats (a variant with none answering is not ready), then hand
         every state to `on_probe`, so that a variant that never became ready is reported too."""
@@ -90,3 +91,37 @@ class VariantDirectory:
         if ready != state.ready:
             logger.info("variant %s is %s", state.variant.id, "ready" if ready else "NOT ready")
             state.ready = ready
+
+
+class FallbackChain:
+    """One request's way through its variant and the variant's fallbacks.
+
+    `first_answer` asks the live candidates in order until one answers. A candidate whose replica is gone, whose
+    queue is full (Serve's back-pressure) or that refuses with 503 (overloaded) passes the request on; any other
+    refusal is the answer. `current` is the variant asked last: the one that answered, or the one a failure is
+    about (the requested variant when none answered).
+    """
+
+    def __init__(self, directory: VariantDirectory, requested: VariantState) -> None:
+        self.directory, self.requested, self.current = directory, requested, requested
+
+    async def first_answer(self, ask: Callable[[VariantState], Awaitable[Answer]]) -> Answer:
+        refusal: ApiError | None = None
+        for candidate in self.directory.candidates(self.requested):
+            self.current = candidate
+            try:
+                return await ask(candidate)
+            except REPLICA_GONE + REPLICA_BUSY as exc:
+                logger.warning("variant %s failed before it answered: %s", candidate.variant.id, exc)
+                candidate.ready = candidate.ready and isinstance(exc, REPLICA_BUSY)
+            except ApiError as exc:
+                if exc.status != 503:
+                    raise
+                refusal = exc
+            except Exception:  # the replica raised on this request: a bug to report, not a replica to avoid
+                logger.exception("variant %s raised on a request", candidate.variant.id)
+                raise ApiError(500, "the replica failed on this request; see its log", code="replica_error") from None
+        self.current = self.requested
+        message = refusal.message if refusal else f"No healthy replica for `{self.requested.variant.id}`"
+        raise ApiError(503, message, code="overloaded" if refusal else "no_healthy_replica",
+                       headers={"Retry-After": RETRY_AFTER_SECONDS})

@@ -1,8 +1,9 @@
-"""One chat or text completion as the router sees it: pick a variant, stream from its replica, measure.
+"""One chat or text completion as the router sees it: the variant that answers, its choices, its record.
 
-The variant is chosen before any byte is sent: the first output of each choice is awaited, so a
-refusal (prompt too long, replica overloaded) still becomes a proper HTTP error, and an overloaded
-variant hands the request to its fallback. After that, outputs stream through as they arrive.
+The variant is chosen before any byte is sent: the first output of each choice is awaited, so a refusal (prompt
+too long, replica overloaded) still becomes a proper HTTP error, and an overloaded variant hands the request to
+its fallback (serving.dispatch.FallbackChain). After that, the outputs of the `n` choices stream through as they
+arrive (ChoiceStreams), and the request is recorded once when they end (serving.request_meter.RequestMeter).
 """
 
 from __future__ import annotations
@@ -11,237 +12,198 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import aclosing
+from dataclasses import replace
 
-from serving import protocol as p
 from quantserve.config import LimitsConfig
-from serving.dispatch import REPLICA_BUSY, REPLICA_GONE, RETRY_AFTER_SECONDS, VariantDirectory, VariantState
-from serving.metrics import QuantserveMetrics, RequestLabels
-from serving.responses import ChunkWriter, chat_response, completion_response, sse
+from serving import protocol as p
+from serving.dispatch import REPLICA_GONE, FallbackChain, VariantState
+from serving.engines.base import GenerationOutput, SamplingParams
+from serving.replicas import GenerationRequest
+from serving.request_meter import RequestMeter, recorded_status
+from serving.responses import ChunkWriter, chat_response, completion_response, error_event
 
 logger = logging.getLogger("ray.serve.quantserve.router")
-CLIENT_CLOSED = 499
 REPLICA_FAILED = 502
 
 
-class Generation:
-    def __init__(self, directory: VariantDirectory, state: VariantState, body, prompt: dict, chat: bool,
-                 endpoint: str, metrics: QuantserveMetrics, limits: LimitsConfig,
-                 charge: Callable[[int], None] | None = None) -> None:
-        """`charge` receives the request's total tokens once it has finished (the rate limiter's token count)."""
-        self.directory, self.state, self.body, self.prompt, self.chat = directory, state, body, prompt, chat
-        self.endpoint, self.metrics, self.charge = endpoint, metrics, charge
-        self.max_prompt_tokens = limits.max_prompt_tokens
-        self.request_id = p.new_id("chatcmpl" if chat else "cmpl")
-        self.arrival = time.monotonic()
-        self.timeout, self.deadline = limits.request_timeout_s, self.arrival + limits.request_timeout_s
-        self.answered: VariantState | None = None
-        self.streams: list = []
-        self.firsts: list[dict] = []
-        self.first_token_at: float | None = None
-        self.token_gaps: list[float] = []
-        self.last_token_at = self.arrival
-        self.final: dict[int, dict] = {}
-        variant = state.variant
-        self._in_flight = metrics.request_in_flight(RequestLabels(variant.model, variant.variant, variant.backend,
-                                                                  endpoint))
-        self._in_flight.__enter__()  # left in record(), once the response is complete (or failed)
-        self._recorded = False
+class Deadline:
+    """The request's timeout (server.limits.request_timeout_s): every wait of the request ends by it, with a 504."""
 
-    # --- choosing the variant -------------------------------------------------------------------------
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s, self.at = timeout_s, time.monotonic() + timeout_s
 
-    async def start(self) -> VariantState:
-        refusal = None
+    async def wait(self, awaitable: Awaitable):
         try:
-            candidates = self.directory.candidates(self.state)
-        except p.ApiError as exc:
-            self.record(exc.status, self.state)
+            return await asyncio.wait_for(awaitable, max(self.at - time.monotonic(), 0.001))
+        except TimeoutError:
+            raise p.ApiError(504, f"the request did not finish within {self.timeout_s:g} s (server.limits."
+                                  "request_timeout_s)", code="timeout") from None
+
+
+class ChoiceStreams:
+    """The `n` choices of a request on one variant, one replica stream each, read as one stream of (choice index,
+    output). `merged` holds each choice's outputs so far as one."""
+
+    def __init__(self, answered: VariantState, streams: list, firsts: list[GenerationOutput],
+                 deadline: Deadline) -> None:
+        self.answered, self.streams, self.firsts, self.deadline = answered, streams, firsts, deadline
+        self.merged: dict[int, GenerationOutput] = {}
+
+    @classmethod
+    async def open(cls, candidate: VariantState, requests: list[GenerationRequest],
+                   deadline: Deadline) -> ChoiceStreams:
+        """Start every choice on `candidate` and await its first output; a refusal is raised (an ApiError)."""
+        streams = [candidate.handle.options(stream=True).generate.remote(request) for request in requests]
+        try:
+            firsts = await deadline.wait(asyncio.gather(*(anext(stream) for stream in streams)))
+            for first in firsts:
+                if isinstance(first, p.ApiError):
+                    raise first
+        except BaseException:
+            _cancel(streams)
             raise
-        for candidate in candidates:
-            streams = [self._call(candidate, index) for index in range(self.body.n)]
-            try:
-                self.streams = streams
-                firsts = await self._before_deadline(asyncio.gather(*(anext(stream) for stream in streams)))
-            except p.ApiError as exc:
-                self.record(exc.status, candidate)
-                raise
-            except REPLICA_GONE + REPLICA_BUSY as exc:  # the next variant may answer
-                logger.warning("variant %s failed before its first output: %s", candidate.variant.id, exc)
-                self._cancel(streams)
-                candidate.ready = candidate.ready and isinstance(exc, REPLICA_BUSY)
-                continue
-            except Exception:  # the replica raised on this request: a bug to report, not a replica to avoid
-                logger.exception("variant %s raised on %s", candidate.variant.id, self.request_id)
-                self._cancel(streams)
-                self.record(500, candidate)
-                raise p.ApiError(500, "the replica failed on this request; see its log", code="replica_error") \
-                    from None
-            errors = [first["error"] for first in firsts if "error" in first]
-            if not errors:
-                self.answered, self.streams, self.firsts = candidate, streams, firsts
-                return candidate
-            self._cancel(streams)
-            refusal = errors[0]
-            if refusal["status"] != 503:
-                self.record(refusal["status"], candidate)
-                raise p.ApiError(refusal["status"], refusal["message"], refusal["param"], refusal["code"])
-        self.record(503, self.state)
-        message = refusal["message"] if refusal else f"No healthy replica for `{self.state.variant.id}`"
-        raise p.ApiError(503, message, code="overloaded" if refusal else "no_healthy_replica",
-                         headers={"Retry-After": RETRY_AFTER_SECONDS})
+        return cls(candidate, streams, firsts, deadline)
 
-    def _call(self, candidate: VariantState, index: int):
-        params = self.body.to_sampling_params()
-        if params["seed"] is not None and index:
-            params["seed"] += index  # n choices from one seed: reproducible, yet different
-        request = {"request_id": f"{self.request_id}-{index}-{uuid.uuid4().hex[:6]}", **self.prompt,
-                   "params": params, "max_prompt_tokens": self.max_prompt_tokens}
-        return candidate.handle.options(stream=True).generate.remote(request)
-
-    @staticmethod
-    def _cancel(streams: list) -> None:
-        for stream in streams:
-            stream.cancel()
-
-    # --- consuming outputs ----------------------------------------------------------------------------
-
-    async def events(self) -> AsyncIterator[tuple[int, dict]]:
-        """(choice index, output) as they come, across all choices; a 504 ApiError past the request timeout."""
+    async def outputs(self) -> AsyncIterator[tuple[int, GenerationOutput]]:
+        """Outputs as they come, across all choices; an ApiError when a choice fails (502 when its replica died)
+        or at the deadline (504). Leaving early cancels the streams: the replicas abort and free the slots."""
         queue: asyncio.Queue = asyncio.Queue()
-        pumps = [asyncio.create_task(self._pump(i, s, f, queue))
-                 for i, (s, f) in enumerate(zip(self.streams, self.firsts, strict=True))]
+        pumps = [asyncio.create_task(self._pump(index, stream, first, queue))
+                 for index, (stream, first) in enumerate(zip(self.streams, self.firsts, strict=True))]
         try:
             remaining = len(pumps)
             while remaining:
-                index, output = await self._before_deadline(queue.get())
+                index, output = await self.deadline.wait(queue.get())
                 if output is None:
                     remaining -= 1
                     continue
-                yield index, self._observe(output)
+                if isinstance(output, p.ApiError):
+                    raise output
+                self.merged[index] = self.merged[index].followed_by(output) if index in self.merged else output
+                yield index, output
+        except BaseException:
+            _cancel(self.streams)
+            raise
         finally:
             for pump in pumps:
                 pump.cancel()
 
-    async def _before_deadline(self, awaitable):
-        try:
-            return await asyncio.wait_for(awaitable, max(self.deadline - time.monotonic(), 0.001))
-        except TimeoutError:
-            self._cancel(self.streams)  # the replicas abort the requests and free their slots
-            raise p.ApiError(504, f"the request did not finish within {self.timeout:g} s (server.limits."
-                                  "request_timeout_s)", code="timeout") from None
-
-    async def _pump(self, index: int, stream, first: dict, queue: asyncio.Queue) -> None:
+    async def _pump(self, index: int, stream, first: GenerationOutput, queue: asyncio.Queue) -> None:
         await queue.put((index, first))
         try:
             async for output in stream:
                 await queue.put((index, output))
         except Exception as exc:  # the replica died (or raised) mid-generation: end the request now, not at timeout
-            logger.warning("variant %s failed while generating %s: %s", self.answered.variant.id, self.request_id,
-                           exc)
+            logger.warning("variant %s failed while generating: %s", self.answered.variant.id, exc)
             self.answered.ready = self.answered.ready and not isinstance(exc, REPLICA_GONE)
-            await queue.put((index, {"error": {"status": REPLICA_FAILED, "message": "the replica serving this "
-                                               "request failed; retry it", "param": None, "code": "replica_failed"}}))
+            await queue.put((index, p.ApiError(REPLICA_FAILED, "the replica serving this request failed; retry it",
+                                               code="replica_failed")))
         await queue.put((index, None))
 
-    def _observe(self, output: dict) -> dict:
-        if "error" in output:
-            return output
-        now, tokens = time.monotonic(), len(output["token_ids"])
-        if self.first_token_at is None:
-            self.first_token_at = now
-            tokens -= 1
-        elif tokens:
-            self.token_gaps.extend([(now - self.last_token_at) / tokens] * tokens)
-        self.last_token_at = now
-        return output
 
-    async def full_response(self):
-        outputs: dict[int, dict] = {}
+def _cancel(streams: list) -> None:
+    for stream in streams:
+        stream.cancel()
+
+
+class Generation:
+    """One chat or text completion: the variant that answers (FallbackChain), its `n` choices (ChoiceStreams), and
+    its one record (RequestMeter), made when the outputs end or fail."""
+
+    def __init__(self, chain: FallbackChain, body: p.ChatCompletionRequest | p.CompletionRequest,
+                 meter: RequestMeter, limits: LimitsConfig) -> None:
+        self.chain, self.body, self.meter = chain, body, meter
+        self.chat = isinstance(body, p.ChatCompletionRequest)
+        self.request_id = p.new_id("chatcmpl" if self.chat else "cmpl")
+        self.max_prompt_tokens = limits.max_prompt_tokens
+        self.deadline = Deadline(limits.request_timeout_s)
+        self.choices: ChoiceStreams | None = None
+
+    async def start(self) -> VariantState:
+        """The variant that answers, once every choice has its first output; a refusal is raised (an ApiError)."""
         try:
-            async for index, output in self.events():
-                if "error" in output:
-                    raise p.ApiError(output["error"]["status"], output["error"]["message"],
-                                     code=output["error"].get("code"))
-                outputs[index] = _merge(outputs.get(index), output)
+            self.choices = await self.chain.first_answer(self._open)
         except BaseException as exc:
-            self.finish_on_exception(exc)
+            self._finish(exc)
             raise
-        self.final = outputs
-        self.record(200, self.answered)
-        ordered = [outputs[i] for i in sorted(outputs)]
-        model = self.body.model
+        return self.choices.answered
+
+    def _open(self, candidate: VariantState) -> Awaitable[ChoiceStreams]:
+        return ChoiceStreams.open(candidate, [self._request(index) for index in range(self.body.n)], self.deadline)
+
+    def _request(self, index: int) -> GenerationRequest:
+        params = SamplingParams.from_dict(self.body.to_sampling_params())
+        if params.seed is not None and index:
+            params = replace(params, seed=params.seed + index)  # n choices from one seed: reproducible, yet different
+        request_id = f"{self.request_id}-{index}-{uuid.uuid4().hex[:6]}"
         if self.chat:
-            return chat_response(self.request_id, model, ordered)
-        echo = self.prompt["prompt"] if self.body.echo else ""
-        return completion_response(self.request_id, model, ordered, echo)
+            messages = [{"role": m.role, "content": m.text()} for m in self.body.messages]
+            return GenerationRequest(request_id, params, messages=messages, max_prompt_tokens=self.max_prompt_tokens)
+        return GenerationRequest(request_id, params, prompt=self.body.prompt_text(),
+                                 max_prompt_tokens=self.max_prompt_tokens)
 
-    def finish_on_exception(self, exc: BaseException) -> None:
-        self._cancel(self.streams)
-        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-            self.record(CLIENT_CLOSED, self.answered)
-        elif isinstance(exc, p.ApiError):
-            self.record(exc.status, self.answered)
-        else:
-            self.record(500, self.answered)
+    async def outputs(self) -> AsyncIterator[tuple[int, GenerationOutput]]:
+        """(choice index, output) as they come. The request is recorded when they end: 200, or the status of the
+        failure, which is raised on (an ApiError for the caller to answer)."""
+        try:
+            async with aclosing(self.choices.outputs()) as outputs:
+                async for index, output in outputs:
+                    self.meter.observe(output)
+                    yield index, output
+        except BaseException as exc:
+            self._finish(exc)
+            raise
+        self._finish(None)
 
-    # --- metrics --------------------------------------------------------------------------------------
-
-    def record(self, status: int, state: VariantState | None) -> None:
-        """The request's metrics, once, when its response is complete or has failed."""
-        if self._recorded:
+    def close(self) -> None:
+        """For a reader that left before reading the outputs (a client gone at once): cancel them, record 499."""
+        if self.meter.finished:
             return
-        self._recorded = True
-        self._in_flight.__exit__(None, None, None)
-        variant = (state or self.state).variant
-        labels = RequestLabels(variant.model, variant.variant, variant.backend, self.endpoint)
-        outputs = list(self.final.values())
-        first = self.firsts[0] if self.firsts and "error" not in self.firsts[0] else {}
-        prompt_tokens, generated = first.get("prompt_tokens", 0), sum(o["completion_tokens"] for o in outputs)
-        self.metrics.record_request(
-            labels, status_code=status, e2e_seconds=time.monotonic() - self.arrival,
-            ttft_seconds=(self.first_token_at - self.arrival) if self.first_token_at else None,
-            inter_token_seconds=self.token_gaps, queue_wait_seconds=first.get("queue_seconds"),
-            prompt_tokens=prompt_tokens, generated_tokens=generated,
-            replica_seconds=sum(o["replica_seconds"] for o in outputs), price_per_hour=variant.price_per_hour,
-        )
-        if self.charge is not None:
-            self.charge(prompt_tokens + generated)  # as the response's usage counts them
+        if self.choices is not None:
+            _cancel(self.choices.streams)
+        self._finish(asyncio.CancelledError())
+
+    def merged_outputs(self) -> list[GenerationOutput]:
+        """Each choice's outputs as one, in choice order."""
+        return [self.choices.merged[index] for index in sorted(self.choices.merged)]
+
+    def _finish(self, failure: BaseException | None) -> None:
+        outputs = self.merged_outputs() if self.choices else []
+        first = self.choices.firsts[0] if self.choices else None
+        self.meter.finish(recorded_status(failure), self.chain.current.variant,
+                          prompt_tokens=first.prompt_tokens if first else 0,
+                          generated_tokens=sum(o.completion_tokens for o in outputs),
+                          replica_seconds=sum(o.replica_seconds for o in outputs),
+                          queue_seconds=first.queue_seconds if first else None)
 
 
-def _merge(previous: dict | None, output: dict) -> dict:
-    if previous is None:
-        return dict(output)
-    merged = dict(output)
-    merged["text"] = previous["text"] + output["text"]
-    merged["token_ids"] = previous["token_ids"] + output["token_ids"]
-    merged["logprobs"] = previous["logprobs"] + output["logprobs"]
-    return merged
+async def full_response(generation: Generation) -> p.ChatCompletionResponse | p.CompletionResponse:
+    """The whole response as one JSON object; a failure is raised (the router answers it)."""
+    async with aclosing(generation.outputs()) as outputs:
+        async for _ in outputs:
+            pass
+    body, outputs = generation.body, generation.merged_outputs()
+    if generation.chat:
+        return chat_response(generation.request_id, body.model, outputs)
+    return completion_response(generation.request_id, body.model, outputs, body.prompt_text() if body.echo else "")
 
 
 async def stream_body(generation: Generation) -> AsyncIterator[bytes]:
     """The SSE body: role chunks, one chunk per output, usage when asked for, [DONE]."""
     body = generation.body
     writer = ChunkWriter(generation.request_id, body.model, generation.chat, body.include_usage())
-    outputs: dict[int, dict] = {}
-    status = 200
     try:
         for chunk in writer.first(body.n):
             yield chunk
         try:
-            async for index, output in generation.events():
-                if "error" in output:
-                    raise p.ApiError(output["error"]["status"], output["error"]["message"],
-                                     code=output["error"].get("code"))
-                outputs[index] = _merge(outputs.get(index), output)
-                yield writer.chunk(index, output)
+            async with aclosing(generation.outputs()) as outputs:
+                async for index, output in outputs:
+                    yield writer.chunk(index, output)
         except p.ApiError as exc:  # headers are sent: the error travels as an event, as OpenAI's API does
-            status = exc.status
-            yield sse(exc.body())
+            yield error_event(exc)
         for chunk in writer.last():
             yield chunk
-    except BaseException as exc:
-        generation.final = outputs
-        generation.finish_on_exception(exc)
-        raise
-    generation.final = outputs
-    generation.record(status, generation.answered)
+    finally:
+        generation.close()

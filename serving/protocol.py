@@ -29,7 +29,10 @@ class ErrorResponse(BaseModel):
 
 
 class ApiError(Exception):
-    """An error the router answers with OpenAI's error body and the given HTTP status."""
+    """The one error type of a request, wherever it is found: the router's checks, the replica or the engine (its
+    `EngineError` subclass). A replica yields it in its output stream; the router answers it with OpenAI's error
+    body, the status and the headers (serving.responses: a JSON response, or an error event once a stream began).
+    """
 
     TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
              413: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable", 504: "timeout"}
@@ -45,10 +48,8 @@ class ApiError(Exception):
         return ErrorResponse(error=ErrorDetail(message=self.message, type=kind, param=self.param,
                                                code=self.code)).model_dump()
 
-    @classmethod
-    def from_body(cls, status: int, body: dict) -> ApiError:
-        error = body.get("error", {})
-        return cls(status, error.get("message", "error"), error.get("param"), error.get("code"))
+    def __reduce__(self):  # a replica sends it to the router pickled; Exception's own pickling keeps `args` only
+        return type(self), (self.status, self.message, self.param, self.code, self.headers)
 
 
 # --- shared pieces ------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Ray Serve deployments that host engines: one deployment per served variant.
 
 A text replica exposes `generate`, streamed through a streaming handle (the router uses it for
-non-streaming requests too, merging the outputs). It takes a plain dict request and yields plain dicts,
-so the router needs no engine types; a refused request yields `{"error": {...}}` as its only item, with
-the HTTP status to use.
+non-streaming requests too, merging the outputs). It takes a `GenerationRequest` and yields the engine's
+`GenerationOutput`s as they are; a refusal or a failure is one `ApiError`, yielded as the last item (the
+router answers it with its status). The embedding replica's `embed` returns an `EmbeddingOutput`.
 """
 
 from __future__ import annotations
@@ -13,24 +13,31 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import asdict
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ray import serve
 
 from serving.catalog import ServedVariant
-from serving.engines.base import EngineError, GenerationOutput, SamplingParams
+from serving.engines.base import EmbeddingOutput, GenerationOutput, SamplingParams
 from serving.engines.chat_template import TemplateError
 from serving.loopback import keep_serve_grpc_on_loopback
+from serving.protocol import ApiError
 
 logger = logging.getLogger("ray.serve.quantserve.replica")
 STATE_INTERVAL_SECONDS = 1.0
 
 
-def _output_dict(output: GenerationOutput) -> dict:
-    values = asdict(output)
-    values["logprobs"] = [asdict(item) for item in output.logprobs]
-    return values
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What the router sends a text replica for one choice of a chat or text completion."""
+
+    request_id: str
+    params: SamplingParams
+    prompt: str | None = None  # a text completion's prompt, or
+    messages: list[dict] | None = None  # a chat's messages ({"role", "content"}), rendered with the model's template
+    max_prompt_tokens: int | None = None  # server.limits.max_prompt_tokens
 
 
 class ReplicaMetrics:
@@ -80,31 +87,30 @@ class TextReplicaBase:
             self.metrics.refresh(self.engine.stats())
             await asyncio.sleep(STATE_INTERVAL_SECONDS)
 
-    def _prompt_ids(self, request: dict) -> list[int]:
-        if request.get("messages") is not None:
-            prompt_ids = self.engine.encode(self.engine.render_chat(request["messages"]))
+    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        if request.messages is not None:
+            prompt_ids = self.engine.encode(self.engine.render_chat(request.messages))
         else:
-            prompt_ids = self.engine.encode(request["prompt"])
-        limit = request.get("max_prompt_tokens")
+            prompt_ids = self.engine.encode(request.prompt)
+        limit = request.max_prompt_tokens
         if limit is not None and len(prompt_ids) > limit:
-            raise EngineError(400, f"the prompt has {len(prompt_ids)} tokens; this server allows at most {limit} "
-                                   "(server.limits.max_prompt_tokens)", param="messages", code="limit_exceeded")
+            raise ApiError(400, f"the prompt has {len(prompt_ids)} tokens; this server allows at most {limit} "
+                                "(server.limits.max_prompt_tokens)", param="messages", code="limit_exceeded")
         return prompt_ids
 
-    async def generate(self, request: dict):
-        """Stream of output dicts; a refusal is one `{"error": ...}` item."""
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput | ApiError]:
+        """The engine's outputs as they come; a refusal or a failure is an `ApiError`, the last item."""
         self._ensure_state_task()
         try:
             prompt_ids = self._prompt_ids(request)
-            params = SamplingParams.from_dict(request["params"])
-            async for output in self.engine.generate(request["request_id"], prompt_ids, params):
-                yield _output_dict(output)
-        except EngineError as exc:
-            if exc.param == "messages" and request.get("messages") is None:
-                exc.param = "prompt"  # the engine sees tokens only; the request had a text prompt
-            yield {"error": exc.to_dict()}
+            async for output in self.engine.generate(request.request_id, prompt_ids, request.params):
+                yield output
+        except ApiError as exc:
+            if exc.param == "messages" and request.messages is None:  # the engine sees tokens; this was a text prompt
+                exc = ApiError(exc.status, exc.message, "prompt", exc.code, exc.headers)
+            yield exc
         except TemplateError as exc:
-            yield {"error": EngineError(400, str(exc), param="messages").to_dict()}
+            yield ApiError(400, str(exc), param="messages")
 
     async def stats(self) -> dict:
         self._ensure_state_task()
@@ -166,17 +172,17 @@ class EmbeddingReplica:
         self.embedder = OnnxEmbedder(Path(self.variant.folder), threads=self.variant.threads)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _embed_batch(self, batches: list[list[str]]) -> list[dict]:
+    async def _embed_batch(self, batches: list[list[str]]) -> list[EmbeddingOutput]:
         texts = [text for batch in batches for text in batch]
         vectors, tokens = await asyncio.to_thread(self.embedder.embed, texts)
         results, start = [], 0
         for batch in batches:
             end = start + len(batch)
-            results.append({"vectors": vectors[start:end].tolist(), "tokens": tokens[start:end]})
+            results.append(EmbeddingOutput(vectors=vectors[start:end].tolist(), tokens=tokens[start:end]))
             start = end
         return results
 
-    async def embed(self, texts: list[str]) -> dict:
+    async def embed(self, texts: list[str]) -> EmbeddingOutput:
         return await self._embed_batch(texts)
 
     async def stats(self) -> dict:

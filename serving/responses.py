@@ -1,4 +1,4 @@
-"""Engine output dicts -> OpenAI response objects and server-sent events. Only the router formats SSE."""
+"""Engine outputs -> OpenAI response objects and server-sent events; errors -> HTTP. Only the router formats SSE."""
 
 from __future__ import annotations
 
@@ -7,11 +7,17 @@ import json
 from fastapi.responses import JSONResponse
 
 from serving import protocol as p
+from serving.engines.base import GenerationOutput, TokenLogprob
 
 
 def error_response(error: p.ApiError) -> JSONResponse:
-    """OpenAI's error body with the error's status code and headers (the one place errors become HTTP)."""
+    """OpenAI's error body with the error's status code and headers (the one place errors become HTTP responses)."""
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def error_event(error: p.ApiError) -> bytes:
+    """The error as an event of a stream whose headers were sent (as OpenAI's API does)."""
+    return sse(error.body())
 
 
 def sse(payload: dict | str) -> bytes:
@@ -27,47 +33,51 @@ def usage(prompt_tokens: int, completion_tokens: int) -> p.Usage:
                    total_tokens=prompt_tokens + completion_tokens)
 
 
-def chat_logprobs(items: list[dict]) -> p.ChoiceLogprobs | None:
+def chat_logprobs(items: list[TokenLogprob]) -> p.ChoiceLogprobs | None:
     if not items:
         return None
     return p.ChoiceLogprobs(content=[
-        p.TokenLogprob(token=i["token"], logprob=i["logprob"], bytes=list(i["token"].encode()),
-                       top_logprobs=[p.TopLogprob(token=t, logprob=lp, bytes=list(t.encode())) for t, lp in i["top"]])
+        p.TokenLogprob(token=i.token, logprob=i.logprob, bytes=list(i.token.encode()),
+                       top_logprobs=[p.TopLogprob(token=t, logprob=lp, bytes=list(t.encode())) for t, lp in i.top])
         for i in items
     ])
 
 
-def completion_logprobs(items: list[dict], offset: int) -> p.CompletionLogprobs | None:
+def completion_logprobs(items: list[TokenLogprob], offset: int) -> p.CompletionLogprobs | None:
     if not items:
         return None
     offsets, position = [], offset
     for item in items:
         offsets.append(position)
-        position += len(item["token"])
-    return p.CompletionLogprobs(tokens=[i["token"] for i in items], token_logprobs=[i["logprob"] for i in items],
-                                top_logprobs=[dict(i["top"]) for i in items], text_offset=offsets)
+        position += len(item.token)
+    return p.CompletionLogprobs(tokens=[i.token for i in items], token_logprobs=[i.logprob for i in items],
+                                top_logprobs=[dict(i.top) for i in items], text_offset=offsets)
 
 
-def chat_response(request_id: str, model: str, outputs: list[dict]) -> p.ChatCompletionResponse:
-    choices = [p.ChatChoice(index=i, message=p.ChatResponseMessage(content=o["text"]),
-                            finish_reason=o["finish_reason"], logprobs=chat_logprobs(o["logprobs"]))
+def outputs_usage(outputs: list[GenerationOutput]) -> p.Usage:
+    """The prompt once, the completion tokens of every choice."""
+    return usage(outputs[0].prompt_tokens, sum(o.completion_tokens for o in outputs))
+
+
+def chat_response(request_id: str, model: str, outputs: list[GenerationOutput]) -> p.ChatCompletionResponse:
+    choices = [p.ChatChoice(index=i, message=p.ChatResponseMessage(content=o.text), finish_reason=o.finish_reason,
+                            logprobs=chat_logprobs(o.logprobs))
                for i, o in enumerate(outputs)]
     return p.ChatCompletionResponse(id=request_id, created=p.now(), model=model, choices=choices,
-                                    usage=usage(outputs[0]["prompt_tokens"],
-                                                sum(o["completion_tokens"] for o in outputs)))
+                                    usage=outputs_usage(outputs))
 
 
-def completion_response(request_id: str, model: str, outputs: list[dict], echo: str) -> p.CompletionResponse:
-    choices = [p.CompletionChoice(index=i, text=echo + o["text"], finish_reason=o["finish_reason"],
-                                  logprobs=completion_logprobs(o["logprobs"], len(echo)))
+def completion_response(request_id: str, model: str, outputs: list[GenerationOutput],
+                        echo: str) -> p.CompletionResponse:
+    choices = [p.CompletionChoice(index=i, text=echo + o.text, finish_reason=o.finish_reason,
+                                  logprobs=completion_logprobs(o.logprobs, len(echo)))
                for i, o in enumerate(outputs)]
     return p.CompletionResponse(id=request_id, created=p.now(), model=model, choices=choices,
-                                usage=usage(outputs[0]["prompt_tokens"],
-                                            sum(o["completion_tokens"] for o in outputs)))
+                                usage=outputs_usage(outputs))
 
 
 class ChunkWriter:
-    """Turns a stream of (choice index, output dict) into SSE chunks for chat or text completions."""
+    """Turns a stream of (choice index, output) into SSE chunks for chat or text completions."""
 
     def __init__(self, request_id: str, model: str, chat: bool, include_usage: bool) -> None:
         self.request_id, self.model, self.chat, self.include_usage = request_id, model, chat, include_usage
@@ -82,16 +92,15 @@ class ChunkWriter:
         return [self._chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(role="assistant", content=""))])
                 for i in range(n)]
 
-    def chunk(self, index: int, output: dict) -> bytes:
-        self.prompt_tokens = output["prompt_tokens"]
-        self.completion_tokens[index] = output["completion_tokens"]
+    def chunk(self, index: int, output: GenerationOutput) -> bytes:
+        self.prompt_tokens = output.prompt_tokens
+        self.completion_tokens[index] = output.completion_tokens
         if self.chat:
-            choice = p.ChatChunkChoice(index=index, delta=p.ChatDelta(content=output["text"]),
-                                       finish_reason=output["finish_reason"],
-                                       logprobs=chat_logprobs(output["logprobs"]))
+            choice = p.ChatChunkChoice(index=index, delta=p.ChatDelta(content=output.text),
+                                       finish_reason=output.finish_reason, logprobs=chat_logprobs(output.logprobs))
         else:
-            choice = p.CompletionChoice(index=index, text=output["text"], finish_reason=output["finish_reason"],
-                                        logprobs=completion_logprobs(output["logprobs"], 0))
+            choice = p.CompletionChoice(index=index, text=output.text, finish_reason=output.finish_reason,
+                                        logprobs=completion_logprobs(output.logprobs, 0))
         return self._chunk([choice])
 
     def last(self) -> list[bytes]:

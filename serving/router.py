@@ -15,20 +15,21 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from quantserve.config import ServerConfig
+from quantserve.constants import FALLBACK_HEADER, VARIANT_HEADER
 from serving import protocol as p
 from serving.admission import AdmissionMiddleware, AdmissionPolicy
 from serving.auth import ApiKeys, read_keys
 from serving.catalog import ServedVariant
-from quantserve.config import ServerConfig
-from serving.dispatch import VariantDirectory, VariantState
+from serving.dispatch import FallbackChain, VariantDirectory, VariantState
 from serving.embeddings import embedding_response
-from serving.generation import Generation, stream_body
+from serving.generation import Generation, full_response, stream_body
 from serving.limits import check_embedding, check_generation
 from serving.loopback import keep_serve_grpc_on_loopback
 from serving.metrics import CONTENT_TYPE, QuantserveMetrics, render_metrics
 from serving.rate_limits import RateLimiter
+from serving.request_meter import RequestMeter
 from serving.responses import error_response
-from quantserve.constants import FALLBACK_HEADER, VARIANT_HEADER
 
 logger = logging.getLogger("ray.serve.quantserve.router")  # under ray.serve: Serve's log lines carry request_id
 app = FastAPI(title="quantserve", description="OpenAI-compatible API over quantized model variants")
@@ -170,12 +171,11 @@ class Router:
 
     @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse, responses=GENERATION_RESPONSES)
     async def chat_completions(self, body: p.ChatCompletionRequest, request: Request) -> Response:
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        return await self._generate(request, body, "/v1/chat/completions", {"messages": messages}, chat=True)
+        return await self._generate(request, body, "/v1/chat/completions")
 
     @app.post("/v1/completions", response_model=p.CompletionResponse, responses=GENERATION_RESPONSES)
     async def completions(self, body: p.CompletionRequest, request: Request) -> Response:
-        return await self._generate(request, body, "/v1/completions", {"prompt": body.prompt_text()}, chat=False)
+        return await self._generate(request, body, "/v1/completions")
 
     @app.post("/v1/embeddings", response_model=p.EmbeddingResponse, responses=ERRORS)
     async def embeddings(self, body: p.EmbeddingRequest, request: Request) -> Response:
@@ -183,24 +183,30 @@ class Router:
         check_embedding(body, self.limits)
         state = self.directory.resolve(body.model, "embedding")
         logger.info("/v1/embeddings for %s, key %s", state.variant.id, request.state.key_id)
-        response, answered = await embedding_response(self.directory, state, body, self.metrics)
-        self.rate_limiter.charge(request.state.key_id, response.usage.total_tokens)
+        meter = self._meter(request, "/v1/embeddings", state)
+        response, answered = await embedding_response(FallbackChain(self.directory, state), body, meter)
         return JSONResponse(response.model_dump(), headers={VARIANT_HEADER: answered.variant.variant})
 
-    async def _generate(self, request: Request, body, endpoint: str, prompt: dict, chat: bool) -> Response:
-        self._start_probing()
+    def _meter(self, request: Request, endpoint: str, state: VariantState) -> RequestMeter:
+        """The request's meter: in flight from now until its response is complete or has failed."""
         key_id = request.state.key_id
+        return RequestMeter(self.metrics, endpoint, state.variant,
+                            charge=lambda tokens: self.rate_limiter.charge(key_id, tokens))
+
+    async def _generate(self, request: Request, body: p.ChatCompletionRequest | p.CompletionRequest,
+                        endpoint: str) -> Response:
+        self._start_probing()
         if body.ignored_fields():
             logger.info("ignored request fields: %s", ", ".join(body.ignored_fields()))
         check_generation(body, self.limits)
         state = self.directory.resolve(body.model, "chat")
-        logger.info("%s for %s, key %s", endpoint, state.variant.id, key_id)
-        generation = Generation(self.directory, state, body, prompt, chat, endpoint, self.metrics,
-                                self.limits, charge=lambda tokens: self.rate_limiter.charge(key_id, tokens))
+        logger.info("%s for %s, key %s", endpoint, state.variant.id, request.state.key_id)
+        generation = Generation(FallbackChain(self.directory, state), body, self._meter(request, endpoint, state),
+                                self.limits)
         answered = await generation.start()
         headers = {VARIANT_HEADER: answered.variant.variant}
         if answered is not state:
             headers[FALLBACK_HEADER] = state.variant.variant
         if body.stream:
             return StreamingResponse(stream_body(generation), media_type="text/event-stream", headers=headers)
-        return JSONResponse((await generation.full_response()).model_dump(), headers=headers)
+        return JSONResponse((await full_response(generation)).model_dump(), headers=headers)

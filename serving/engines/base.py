@@ -4,6 +4,9 @@ Contract of `generate`: an async iterator of `GenerationOutput`, each carrying t
 produced since the previous one (several tokens when the consumer fell behind); the last one has a
 `finish_reason`. A request the engine refuses (prompt too long, queue full) raises `EngineError`
 before the first output. Closing the iterator early aborts the request and frees its slot.
+
+The replica sends these types to the router as they are (pickled by Ray): `GenerationOutput` per step, and
+the error as a `serving.protocol.ApiError`, of which `EngineError` is the engine's kind.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+from serving.protocol import ApiError
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ class TokenLogprob:
     top: tuple[tuple[str, float], ...] = ()
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationOutput:
     text: str
     token_ids: list[int]
@@ -48,16 +53,25 @@ class GenerationOutput:
     queue_seconds: float = 0.0  # time the request waited for a batch slot (set on the first output)
     replica_seconds: float = 0.0  # share of engine step time this request used, total so far
 
+    def followed_by(self, later: GenerationOutput) -> GenerationOutput:
+        """This output and the next one of the same request as one: text, tokens and logprobs joined, the totals
+        and the finish reason of the later one, the queue time of the first."""
+        return GenerationOutput(
+            text=self.text + later.text, token_ids=self.token_ids + later.token_ids,
+            prompt_tokens=later.prompt_tokens, completion_tokens=later.completion_tokens,
+            finish_reason=later.finish_reason, logprobs=self.logprobs + later.logprobs,
+            queue_seconds=self.queue_seconds, replica_seconds=later.replica_seconds,
+        )
 
-class EngineError(Exception):
-    """A request the engine cannot take; `status` is the HTTP status the router should answer with."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+@dataclass(frozen=True)
+class EmbeddingOutput:
+    vectors: list[list[float]]  # one per input text, in order
+    tokens: list[int]  # each input's token count
 
-    def to_dict(self) -> dict:
-        return {"status": self.status, "message": self.message, "param": self.param, "code": self.code}
+
+class EngineError(ApiError):
+    """A request the engine cannot take, or a failure while generating; `status` is the HTTP status to answer."""
 
 
 def check_prompt_fits(prompt_tokens: int, max_tokens: int | None, context: int) -> int:
