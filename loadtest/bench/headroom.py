@@ -24,6 +24,7 @@ def canned_stream_app():
     from starlette.responses import StreamingResponse
     from starlette.routing import Route
 
+    from serving.engines.base import GenerationOutput
     from serving.responses import ChunkWriter
 
     async def chat(request):
@@ -34,9 +35,9 @@ def canned_stream_app():
             for chunk in writer.first(1):
                 yield chunk
             for index in range(CHUNKS):
-                yield writer.chunk(0, {"text": " x", "token_ids": [1], "prompt_tokens": 8,
-                                       "completion_tokens": index + 1, "logprobs": [],
-                                       "finish_reason": "length" if index == CHUNKS - 1 else None})
+                yield writer.chunk(0, GenerationOutput(text=" x", token_ids=[1], prompt_tokens=8,
+                                                       completion_tokens=index + 1,
+                                                       finish_reason="length" if index == CHUNKS - 1 else None))
             for chunk in writer.last():
                 yield chunk
 

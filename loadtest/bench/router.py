@@ -20,16 +20,18 @@ import httpx
 
 from loadtest.bench.engines import run
 from loadtest.cost import percentile
+from serving.engines.base import SamplingParams
+from serving.protocol import ApiError
 
 PROMPT = "Hello"
 
 
-def replica_request(max_tokens: int) -> dict:
-    """What the router sends a text replica for POST /v1/completions (serving.generation.Generation._call)."""
-    params = {"max_tokens": max_tokens, "temperature": 0, "top_p": 1.0, "top_k": None, "seed": None, "stop": [],
-              "presence_penalty": 0.0, "frequency_penalty": 0.0, "logprobs": None}
-    return {"request_id": f"bench-{uuid.uuid4().hex[:12]}", "prompt": PROMPT, "params": params,
-            "max_prompt_tokens": None}
+def replica_request(max_tokens: int):
+    """What the router sends a text replica for POST /v1/completions (serving.generation.Generation._request)."""
+    from serving.replicas import GenerationRequest  # imports Ray, which only the benchmark's driver process needs
+
+    return GenerationRequest(f"bench-{uuid.uuid4().hex[:12]}", SamplingParams(max_tokens=max_tokens, temperature=0),
+                             prompt=PROMPT)
 
 
 class Paths:
@@ -42,7 +44,9 @@ class Paths:
     async def direct(self, max_tokens: int) -> tuple[float, list[float]]:
         started, stamps = time.perf_counter(), []
         async for output in self.handle.options(stream=True).generate.remote(replica_request(max_tokens)):
-            stamps += [time.perf_counter()] * max(len(output.get("token_ids", [])), 1)
+            if isinstance(output, ApiError):
+                raise output
+            stamps += [time.perf_counter()] * max(len(output.token_ids), 1)
         return time.perf_counter() - started, stamps
 
     async def routed(self, max_tokens: int) -> tuple[float, list[float]]:
