@@ -23,7 +23,8 @@ PROMTOOL_TESTS = sorted((REPO_ROOT / "tests" / "integration" / "promtool").glob(
 DASHBOARD_FILE = REPO_ROOT / "helm" / "quantserve" / "files" / "grafana-dashboard.json"
 RULE_GROUPS = {"quantserve.latency", "quantserve.throughput-and-cost", "quantserve.alerts"}
 # What Grafana substitutes before a query reaches Prometheus.
-GRAFANA_VARIABLES = {"$model": ".*", "$variant": ".*", "$__rate_interval": "1m", "$__range": "1h"}
+GRAFANA_VARIABLES = {"$namespace": ".*", "$release": ".*", "$model": ".*", "$variant": ".*", "$__rate_interval": "1m",
+                     "$__range": "1h"}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
@@ -52,12 +53,14 @@ def dashboard_queries() -> list[str]:
 def test_dashboard_takes_its_datasource_and_variant_as_variables() -> None:
     variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    assert variables["variant"]["multi"] and variables["variant"]["includeAll"]
+    for name in ("namespace", "release", "model", "variant"):
+        assert variables[name]["multi"] and variables[name]["includeAll"], name
     panels = [p for p in dashboard()["panels"] if p["type"] != "row"]
     assert len({p["id"] for p in dashboard()["panels"]}) == len(dashboard()["panels"])
     for panel in panels:
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
-        assert panel["targets"] and all('variant=~"$variant"' in t["expr"] for t in panel["targets"]), panel["title"]
+        filters = ('namespace=~"$namespace"', 'release=~"$release"', 'variant=~"$variant"')
+        assert panel["targets"] and all(f in t["expr"] for t in panel["targets"] for f in filters), panel["title"]
 
 
 def feed(metrics: QuantserveMetrics, requests: int) -> None:
@@ -97,7 +100,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prome
 def test_rules_load_and_evaluate_in_prometheus(prometheus: tuple[PrometheusServer, QuantserveMetrics]) -> None:
     server, _ = prometheus
     assert {g["name"] for g in server.rule_groups()} == RULE_GROUPS
-    p95 = 'model_variant:quantserve_time_to_first_token_seconds:quantile_rate5m{quantile="0.95"}'
+    p95 = 'namespace_release_model_variant:quantserve_time_to_first_token_seconds:quantile_rate5m{quantile="0.95"}'
     server.wait_for(lambda: server.value(p95) is not None, "the recorded TTFT p95")
     assert 0.1 < server.value(p95) <= 0.25
     server.wait_for(lambda: all(r["health"] == "ok" for g in server.rule_groups() for r in g["rules"]),
