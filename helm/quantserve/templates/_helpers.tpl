@@ -52,11 +52,37 @@ app.kubernetes.io/part-of: quantserve
 {{- end }}
 
 {{- define "quantserve.modelsClaimName" -}}
-{{- .Values.modelStorage.existingClaim | default (include "quantserve.suffixedName" (list . "models")) }}
+{{- .Values.models.volume.existingClaim | default (include "quantserve.suffixedName" (list . "models")) }}
 {{- end }}
 
+{{/* The Secret with the API keys: existingSecret, else "<fullname>-api-keys" (made from apiKeys.keys, or by you). */}}
 {{- define "quantserve.apiKeysSecretName" -}}
 {{- .Values.apiKeys.existingSecret | default (include "quantserve.suffixedName" (list . "api-keys")) }}
+{{- end }}
+
+{{- define "quantserve.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- .Values.serviceAccount.name | default (include "quantserve.fullname" .) }}
+{{- else }}
+{{- .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Seconds a terminating pod keeps running: the config's drain time (server.drain_timeout_s, capped at
+server.limits.request_timeout_s, as no request runs longer) plus terminationGraceMarginSeconds. The defaults are
+quantserve.config.ServerConfig's (a test compares them).
+*/}}
+{{- define "quantserve.terminationGracePeriodSeconds" -}}
+{{- $drain := dig "server" "drain_timeout_s" 30 .Values.quantserve | ceil | int64 }}
+{{- $timeout := dig "server" "limits" "request_timeout_s" 600 .Values.quantserve | ceil | int64 }}
+{{- add (min $drain $timeout) .Values.terminationGraceMarginSeconds }}
+{{- end }}
+
+{{/* Seconds an ingress waits for the API's response: the config's request timeout plus the margin. */}}
+{{- define "quantserve.ingressTimeoutSeconds" -}}
+{{- $timeout := dig "server" "limits" "request_timeout_s" 600 .Values.quantserve | ceil | int64 }}
+{{- add $timeout .Values.terminationGraceMarginSeconds }}
 {{- end }}
 
 {{/* Where the models folder is mounted: quantserve.models_dir, under the image's WORKDIR when relative. */}}
@@ -93,8 +119,9 @@ is not empty. Unknown ids fail here too (the schema catches them first for the s
 {{- end }}
 
 {{/*
-What the build init container reads, as JSON: the pod templates carry its hash, so changing a source or a build spec
-rolls out a new Ray cluster (which builds the new variants first), while serve-only changes update Serve in place.
+What the models init container reads, as JSON: the pod templates carry its hash, so changing a source, a build spec
+or the artefacts' URI rolls out a new Ray cluster (which gets the new variants first), while serve-only changes update
+Serve in place.
 */}}
 {{- define "quantserve.buildInputs" -}}
 {{- $models := list }}
@@ -105,7 +132,8 @@ rolls out a new Ray cluster (which builds the new variants first), while serve-o
 {{- end }}
 {{- $models = append $models (dict "name" $model.name "source" $model.source "variants" $variants) }}
 {{- end }}
-{{- toJson (dict "models_dir" .Values.quantserve.models_dir "models" $models "variants" .Values.modelBuild.variants) }}
+{{- $source := dict "source" .Values.models.source "uri" .Values.models.pull.uri "variants" .Values.models.build.variants }}
+{{- toJson (dict "models_dir" .Values.quantserve.models_dir "models" $models "source" $source) }}
 {{- end }}
 
 {{/* Ray Serve's config file (serveConfigV2); mirrors serving/serve_config.py:build_serve_config. */}}
@@ -119,6 +147,8 @@ rolls out a new Ray cluster (which builds the new variants first), while serve-o
 {{- end }}
 {{- $logging := dig "server" "logging" dict .Values.quantserve }}
 {{- $_ := set $env "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE" (toString ($logging.buffer_records | default 1)) }}
+{{- /* Every quantserve process of every pod writes its metrics there (the Ray processes themselves must not). */}}
+{{- $_ := set $env "PROMETHEUS_MULTIPROC_DIR" .Values.monitoring.exporter.multiprocessDir }}
 {{- $app := dict "name" "quantserve" "route_prefix" "/" "import_path" "serving.app:build_app" }}
 {{- $_ := set $app "args" (dict "config" (include "quantserve.config" . | fromJson)) }}
 {{- $_ := set $app "runtime_env" (dict "env_vars" $env) }}
