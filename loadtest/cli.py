@@ -31,22 +31,31 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--endpoint", choices=["chat", "embeddings"], default="chat")
     levels = run.add_mutually_exclusive_group()
     levels.add_argument("--users", help="fixed-concurrency levels, e.g. 1,2,4,8 (default: 1,2,4,8)")
-    levels.add_argument("--rate", help="Poisson request-rate levels in requests/s, e.g. 0.5,1,2")
-    run.add_argument("--rate-users", type=int, default=16, help="--rate: most requests in flight (default: 16)")
+    levels.add_argument("--rate", help="open-loop request-rate levels in requests/s, e.g. 0.5,1,2")
+    run.add_argument("--arrivals", choices=["poisson", "constant"], default="poisson",
+                     help="--rate: exponential or equal gaps between arrivals (default: %(default)s)")
+    run.add_argument("--rate-users", type=int, default=64,
+                     help="--rate: the client's cap on requests in flight; reported when hit (default: %(default)s)")
     run.add_argument("--duration", default="30s", help="measured time per step (default: %(default)s)")
     run.add_argument("--warmup", default="5s", help="warm-up per step, excluded from results (default: %(default)s)")
     run.add_argument("--max-requests", type=int, default=500, help="cap on requests per step, warm-up included")
-    run.add_argument("--prompts", default="short", help="prompt set: short, long, mix or a JSONL file")
+    run.add_argument("--prompts", help="prompt set: short, long, mix or a JSONL file (default: short)")
+    run.add_argument("--input-tokens", help="synthetic prompts of N tokens: N, uniform:LO:HI or normal:MEAN:SD")
+    run.add_argument("--tokenizer", help="tokenizer.json for --input-tokens (default: the model's base folder)")
     run.add_argument("--max-tokens", default="64", help="output length: N, uniform:LO:HI, normal:MEAN:SD, exp:MEAN")
+    run.add_argument("--exact-output", action=argparse.BooleanOptionalAction, default=True,
+                     help="send ignore_eos and min_tokens = max_tokens, so outputs have the asked length (default)")
+    run.add_argument("--temperature", type=float, help="sampling temperature (default: not sent; OpenAI's is 1.0)")
     run.add_argument("--slo-ttft-ms", type=float, default=0, help="SLO bound on time to first token (0: none)")
-    run.add_argument("--slo-itl-ms", type=float, default=0, help="SLO bound on mean inter-token latency (0: none)")
+    run.add_argument("--slo-tpot-ms", "--slo-itl-ms", type=float, default=0,
+                     help="SLO bound on a request's mean time per output token (0: none)")
     run.add_argument("--slo-attainment", type=float, default=0.9, help="share of requests that must meet the SLO")
     run.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="config naming each variant's hardware profile")
     run.add_argument("--hardware-profile", help="price every variant with this profile instead of the config's")
     run.add_argument("--prices", help="price table (default: quantserve/prices.yaml)")
     run.add_argument("--reports-dir", default="reports", help="reports go to REPORTS_DIR/RUN_ID (default: %(default)s)")
     run.add_argument("--run-id", help="name of the report folder (default: time and model)")
-    run.add_argument("--seed", type=int, default=0, help="seed for prompt, length and arrival choices")
+    run.add_argument("--seed", type=int, default=0, help="seed for prompts, lengths and arrivals")
 
 
 def _run(args: argparse.Namespace) -> None:

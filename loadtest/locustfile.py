@@ -4,9 +4,11 @@
     locust -f loadtest/locustfile.py,loadtest/shapes.py --headless --levels 1,2,4 --model ...   # a sweep
 
 ChatStreamUser streams chat completions and fires its own request types beside the HTTP one (whose time is
-only time-to-headers): TTFT, ITL (mean time per output token after the first) and E2E, plus SLO (a failure
-when a request misses `--slo-ttft-ms` / `--slo-itl-ms`). EmbeddingsUser posts to /v1/embeddings.
-Each request becomes one row of `--records-csv`. Only classes whose model is given run.
+only time-to-headers): TTFT, ITL (every gap between streamed tokens), TPOT (a request's mean time per output token
+after the first) and E2E, plus SLO (a failure when a request misses `--slo-ttft-ms` / `--slo-tpot-ms`).
+EmbeddingsUser posts to /v1/embeddings. Each request becomes one row of `--records-csv`; TTFT and E2E count from
+when the request was due (in rate mode its scheduled arrival, so a late send still counts). Only classes whose model
+is given run.
 """
 
 # isort: off
@@ -17,15 +19,17 @@ import logging
 import random
 import sys
 import time
+from dataclasses import dataclass
 
 import gevent
 import requests
 from locust import HttpUser, constant, events, task
 
+from loadtest.measure import accepted, measure_stream, read_embeddings, slo_miss
 from loadtest.records import RequestRecord, open_writer, to_row
-from loadtest.sse import error_message, mean_itl_ms, parse_stream, usage_problem
-from loadtest.workload import load_prompt_set, output_length_sampler
-from quantserve.constants import VARIANT_HEADER
+from loadtest.sse import parse_stream
+from loadtest.steps import StepState
+from loadtest.workload import PromptCycle, load_prompt_set, output_length_sampler
 
 IDLE_S = 0.2
 log = logging.getLogger("quantserve.loadtest")
@@ -39,10 +43,13 @@ def _add_options(parser) -> None:
     group.add_argument("--prompts", default="short", help="prompt set: short, long, mix or a JSONL path")
     group.add_argument("--max-tokens", default="64",
                        help="output length: N, uniform:LO:HI, normal:MEAN:SD or exp:MEAN (sent as max_tokens)")
-    group.add_argument("--ignore-eos", action="store_true", help="ask the server to ignore EOS (vLLM extension)")
-    group.add_argument("--temperature", type=float, default=0.0)
+    group.add_argument("--ignore-eos", action="store_true",
+                       help="exact output lengths: send ignore_eos and min_tokens = max_tokens (vLLM extensions)")
+    group.add_argument("--temperature", type=float, default=None,
+                       help="sampling temperature; not sent by default (the server's default, OpenAI's 1.0)")
     group.add_argument("--slo-ttft-ms", type=float, default=0, help="TTFT bound of the SLO (0: none)")
-    group.add_argument("--slo-itl-ms", type=float, default=0, help="mean inter-token latency bound (0: none)")
+    group.add_argument("--slo-tpot-ms", "--slo-itl-ms", type=float, default=0,
+                       help="bound on a request's mean time per output token (0: none)")
     group.add_argument("--records-csv", default="", help="write one row per request to this CSV file")
     group.add_argument("--max-requests", type=int, default=0, help="stop after sending this many requests (0: no cap)")
     group.add_argument("--request-timeout", type=float, default=120, help="seconds to wait for a response")
@@ -58,7 +65,7 @@ class RunState:
         self.environment = environment
         self.options = options
         self.rng = random.Random(options.seed)
-        self.prompts = load_prompt_set(options.prompts)
+        self.prompts = PromptCycle(load_prompt_set(options.prompts), self.rng)
         self.sample_max_tokens = output_length_sampler(str(options.max_tokens), self.rng)
         self.sent = 0
         self.stopping = False
@@ -72,6 +79,7 @@ class RunState:
             if not self.stopping:
                 self.stopping = True
                 log.info("sent %d requests (--max-requests): stopping", self.sent)
+                self.environment.quantserve_stopped_at = time.perf_counter()  # the schedule's end, for offered load
                 runner = self.environment.runner
                 gevent.spawn(runner.quit if self.options.headless else runner.stop)
             return False
@@ -108,8 +116,18 @@ def _on_quitting(environment, **_kwargs) -> None:
         run.close()
 
 
+@dataclass(frozen=True)
+class Slot:
+    """When a request is due (perf_counter seconds), the step and phase it belongs to (None without a shape), and
+    whether it had to wait for a free user."""
+
+    due_s: float
+    state: StepState | None
+    waited_for_user: bool
+
+
 class OpenAIUser(HttpUser):
-    """Shared parts: pacing (Poisson arrivals from the rate shape), records, and Locust events."""
+    """Shared parts: pacing (open-loop arrivals from the rate shape), records, and Locust events."""
 
     abstract = True
     wait_time = constant(0)  # rate mode paces inside the task, so the first request of a user is paced too
@@ -118,27 +136,37 @@ class OpenAIUser(HttpUser):
     def shared(self) -> RunState:
         return self.environment.quantserve_run
 
-    def _ready(self) -> bool:
-        """Wait for the next arrival (rate mode); False when the plan is over or the request budget is spent."""
-        shape = self.environment.shape_class
-        arrivals = getattr(shape, "arrivals", None)
-        if arrivals is not None:
-            gevent.sleep(max(0.0, arrivals.take() - time.monotonic()))
-        plan_over = hasattr(shape, "state_now") and shape.state_now() is None
-        if plan_over or not self.shared.take_request():
-            gevent.sleep(IDLE_S)  # the runner stops this user within a second; do not spin until then
-            return False
-        return True
+    def _ready(self) -> Slot | None:
+        """Wait until the next request is due; None when the plan is over or the request budget is spent.
 
-    def _new_record(self, endpoint: str, model: str, prompt_id: str, max_tokens: int) -> RequestRecord:
+        Rate mode: take the shape's next arrival and sleep until its time; if that time has already passed, every
+        user was busy when it came due (the client's concurrency cap): it goes out at once, late, and says so.
+        """
         shape = self.environment.shape_class
-        state = shape.state_now() if hasattr(shape, "state_now") else None
+        if getattr(shape, "open_loop", False):
+            arrival = shape.take_arrival()
+            slot = None if arrival is None else Slot(arrival.at_s, arrival.state, time.perf_counter() > arrival.at_s)
+            if slot is not None:
+                gevent.sleep(max(0.0, slot.due_s - time.perf_counter()))
+        else:
+            state = shape.state_now() if hasattr(shape, "state_now") else None
+            over = hasattr(shape, "state_now") and state is None
+            slot = None if over else Slot(time.perf_counter(), state, False)
+        if slot is None or not self.shared.take_request():
+            gevent.sleep(IDLE_S)  # the runner stops this user within a second; do not spin until then
+            return None
+        return slot
+
+    def _new_record(self, endpoint: str, model: str, prompt_id: str, max_tokens: int, slot: Slot) -> RequestRecord:
+        now_s, now_perf = time.time(), time.perf_counter()
         record = RequestRecord(endpoint=endpoint, model=model, prompt_id=prompt_id, max_tokens=max_tokens,
-                               run_label=self.shared.options.run_label, start_s=time.time())
-        if state is None:
+                               run_label=self.shared.options.run_label, start_s=now_s,
+                               scheduled_s=now_s - (now_perf - slot.due_s), lag_ms=(now_perf - slot.due_s) * 1000,
+                               waited_for_user=slot.waited_for_user)
+        if slot.state is None:
             record.level = self.environment.runner.user_count
         else:
-            record.mode, record.level, record.phase = state.step.mode, state.step.level, state.phase
+            record.mode, record.level, record.phase = slot.state.step.mode, slot.state.step.level, slot.state.phase
         return record
 
     def _fire(self, request_type: str, name: str, ms: float, exception: Exception | None = None) -> None:
@@ -153,26 +181,23 @@ class OpenAIUser(HttpUser):
 class ChatStreamUser(OpenAIUser):
     @task
     def chat(self) -> None:
-        if not self._ready():
+        slot = self._ready()
+        if slot is None:
             return
         options = self.shared.options
-        prompt = self.shared.rng.choice(self.shared.prompts)
-        max_tokens = self.shared.sample_max_tokens()
-        body = {"model": options.model, "messages": prompt.messages, "max_tokens": max_tokens, "stream": True,
-                "stream_options": {"include_usage": True}, "temperature": options.temperature}
-        if options.ignore_eos:
-            body["ignore_eos"] = True
-        record = self._new_record("chat", options.model, prompt.id, max_tokens)
-        started = time.perf_counter()
-        with self.client.post("/v1/chat/completions", json=body, stream=True, catch_response=True,
-                              name=f"chat {options.model}", timeout=(5, options.request_timeout)) as response:
-            self._read_stream(response, record, started)
+        prompt, max_tokens = self.shared.prompts.take(), self.shared.sample_max_tokens()
+        record = self._new_record("chat", options.model, prompt.id, max_tokens, slot)
+        with self.client.post("/v1/chat/completions", json=chat_body(options, prompt.messages, max_tokens),
+                              stream=True, catch_response=True, name=f"chat {options.model}",
+                              timeout=(5, options.request_timeout)) as response:
+            self._read_stream(response, record, slot.due_s)
         self._finish(record)
         if record.ok:
             self._fire_latencies(record)
 
-    def _read_stream(self, response, record: RequestRecord, started: float) -> None:
-        if not _accepted(response, record):
+    def _read_stream(self, response, record: RequestRecord, due_s: float) -> None:
+        if not accepted(response, record):
+            response.failure(record.error)
             return
         try:
             result = parse_stream((time.perf_counter(), line) for line in response.iter_lines())
@@ -180,7 +205,7 @@ class ChatStreamUser(OpenAIUser):
             record.error = f"stream broken: {type(exc).__name__}: {exc}"[:300]
             response.failure(record.error)
             return
-        _measure(record, result, started)
+        measure_stream(record, result, due_s)
         if record.error:
             response.failure(record.error)
         else:
@@ -190,87 +215,39 @@ class ChatStreamUser(OpenAIUser):
         name = record.model
         self._fire("TTFT", name, record.ttft_ms)
         self._fire("E2E", name, record.e2e_ms)
-        if record.itl_ms is not None:
-            self._fire("ITL", name, record.itl_ms)
-        miss = _slo_miss(record, self.shared.options)
+        if record.tpot_ms is not None:
+            self._fire("TPOT", name, record.tpot_ms)
+        for gap_ms in record.token_gaps_ms:
+            self._fire("ITL", name, gap_ms)
+        options = self.shared.options
+        miss = slo_miss(record, options.slo_ttft_ms, options.slo_tpot_ms)
         self._fire("SLO", name, record.e2e_ms, exception=RuntimeError(miss) if miss else None)
+
+
+def chat_body(options, messages: list[dict], max_tokens: int) -> dict:
+    """The request: streamed with usage; exact output length when asked; temperature only when the workload sets one."""
+    body = {"model": options.model, "messages": messages, "max_tokens": max_tokens, "stream": True,
+            "stream_options": {"include_usage": True}}
+    if options.temperature is not None:
+        body["temperature"] = options.temperature
+    if options.ignore_eos:
+        body.update(ignore_eos=True, min_tokens=max_tokens)
+    return body
 
 
 class EmbeddingsUser(OpenAIUser):
     @task
     def embed(self) -> None:
-        if not self._ready():
+        slot = self._ready()
+        if slot is None:
             return
         model = self.shared.options.embedding_model
-        prompt = self.shared.rng.choice(self.shared.prompts)
-        record = self._new_record("embeddings", model, prompt.id, 0)
-        started = time.perf_counter()
+        prompt = self.shared.prompts.take()
+        record = self._new_record("embeddings", model, prompt.id, 0, slot)
         with self.client.post("/v1/embeddings", json={"model": model, "input": prompt.text}, catch_response=True,
                               name=f"embeddings {model}", timeout=(5, self.shared.options.request_timeout)) as response:
-            record.e2e_ms = (time.perf_counter() - started) * 1000
-            _read_embeddings(response, record)
+            record.e2e_ms = (time.perf_counter() - slot.due_s) * 1000
+            if accepted(response, record):
+                read_embeddings(response.json(), record)
+            response.success() if record.ok else response.failure(record.error)
         self._finish(record)
-
-
-def _measure(record: RequestRecord, result, started: float) -> None:
-    usage = result.usage or {}
-    record.chunks, record.finish_reason = result.chunks, result.finish_reason
-    record.prompt_tokens, record.output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    record.total_tokens = usage.get("total_tokens")
-    record.e2e_ms = (time.perf_counter() - started) * 1000
-    if result.first_token_s is not None:
-        record.ttft_ms = (result.first_token_s - started) * 1000
-        record.itl_ms = mean_itl_ms(result, record.output_tokens)
-        record.itl_max_ms = max(result.gaps_ms, default=None)
-    problem = usage_problem(result, record.max_tokens)
-    record.usage_checked = not problem
-    if result.error:
-        record.error = f"stream error: {result.error}"
-    elif not result.done:
-        record.error = "stream ended before [DONE]"
-    elif problem:
-        record.error = f"usage: {problem}"
-    record.ok = not record.error
-
-
-def _accepted(response, record: RequestRecord) -> bool:
-    """Record the status and the answering variant; a non-200 is recorded as the request's error."""
-    record.status = response.status_code or 0
-    if record.status != 200:
-        record.error = _http_error(response)
-        response.failure(record.error)
-        return False
-    record.variant = response.headers.get(VARIANT_HEADER, "")
-    return True
-
-
-def _read_embeddings(response, record: RequestRecord) -> None:
-    if not _accepted(response, record):
-        return
-    body = response.json()
-    usage = body.get("usage") or {}
-    record.prompt_tokens, record.total_tokens = usage.get("prompt_tokens"), usage.get("total_tokens")
-    record.output_tokens = 0
-    vectors = [item.get("embedding") for item in body.get("data") or []]
-    record.usage_checked = isinstance(record.prompt_tokens, int)
-    record.error = "" if len(vectors) == 1 and vectors[0] else f"expected 1 embedding, got {len(vectors)}"
-    record.ok = not record.error
-    response.success() if record.ok else response.failure(record.error)
-
-
-def _http_error(response) -> str:
-    """The server's own error message, or why no response came."""
-    if not response.status_code:
-        return f"no response: {getattr(response, 'error', None) or 'connection failed'}"[:300]
-    try:
-        return f"HTTP {response.status_code}: {error_message(response.json())}"
-    except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:200]}"
-
-
-def _slo_miss(record: RequestRecord, options) -> str:
-    if options.slo_ttft_ms and record.ttft_ms > options.slo_ttft_ms:
-        return f"TTFT {record.ttft_ms:.0f} ms > {options.slo_ttft_ms:g} ms"
-    if options.slo_itl_ms and record.itl_ms is not None and record.itl_ms > options.slo_itl_ms:
-        return f"ITL {record.itl_ms:.1f} ms > {options.slo_itl_ms:g} ms"
-    return ""

@@ -17,13 +17,14 @@ DPI = 100
 
 
 def latency_vs_throughput(summaries: list[LevelSummary]) -> bytes:
-    """TTFT, ITL and end-to-end percentiles (p50 solid, p90 dashed) against throughput, one line per variant.
+    """TTFT, ITL, TPOT and end-to-end percentiles (p50 solid, p90 dashed, p99 dotted) against throughput, one line
+    per variant.
 
     Throughput is output tokens/s; for endpoints without output tokens (embeddings), requests/s.
     """
     by_tokens = any(s.output_tokens for s in summaries)
     xlabel = "output tokens/s" if by_tokens else "requests/s"
-    figure, axes = plt.subplots(1, 3, figsize=(13, 4))
+    figure, axes = plt.subplots(1, 4, figsize=(16, 4))
     for axis, (metric, title) in zip(axes, _LATENCIES, strict=True):
         for label, points in _by_label(summaries).items():
             points = [s for s in points if getattr(s, metric)["p50"] is not None]
@@ -32,16 +33,18 @@ def latency_vs_throughput(summaries: list[LevelSummary]) -> bytes:
     return to_png(figure)
 
 
-_LATENCIES = (("ttft_ms", "time to first token"), ("itl_ms", "inter-token latency"), ("e2e_ms", "end-to-end"))
+_LATENCIES = (("ttft_ms", "time to first token"), ("itl_ms", "inter-token latency"),
+              ("tpot_ms", "time per output token"), ("e2e_ms", "end-to-end"))
 
 
 def _percentile_lines(axis, label: str, points: list[LevelSummary], metric: str, by_tokens: bool) -> None:
     if not points:
         return
     xs = [s.output_tokens_per_s if by_tokens else s.requests_per_s for s in points]
-    p50, p90 = ([getattr(s, metric)[q] for s in points] for q in ("p50", "p90"))
+    p50, p90, p99 = ([getattr(s, metric).get(q) for s in points] for q in ("p50", "p90", "p99"))
     line = axis.plot(xs, p50, "o-", label=f"{label} p50")[0]
     axis.plot(xs, p90, "s--", color=line.get_color(), label=f"{label} p90")
+    axis.plot(xs, p99, "^:", color=line.get_color(), label=f"{label} p99")
     for s, x, y in zip(points, xs, p50, strict=True):
         axis.annotate(_level_text(s), (x, y), fontsize=7, alpha=0.7)
 
@@ -60,6 +63,21 @@ def latency_vs_cost(summaries: list[LevelSummary]) -> bytes:
         axis.plot(xs, ys, "k:", linewidth=1, label="Pareto front")
         axis.scatter(xs, ys, s=160, facecolors="none", edgecolors="black")
     finish_axes(axis, "$ per 1M output tokens", "p90 end-to-end latency (ms)", "Latency vs cost")
+    return to_png(figure)
+
+
+def offered_vs_achieved(summaries: list[LevelSummary]) -> bytes:
+    """Rate mode: achieved against offered requests/s (the diagonal is keeping up) and p90 TTFT against offered."""
+    figure, (rates, ttft) = plt.subplots(1, 2, figsize=(11, 4))
+    open_loop = [s for s in summaries if s.offered_rps is not None]
+    for label, points in _by_label(open_loop).items():
+        offered = [s.offered_rps for s in points]
+        rates.plot(offered, [s.achieved_rps for s in points], "o-", label=label)
+        ttft.plot(offered, [s.ttft_ms["p90"] for s in points], "o-", label=label)
+    top = max((s.offered_rps for s in open_loop), default=1.0)
+    rates.plot([0, top], [0, top], "k:", linewidth=1, label="achieved = offered")
+    finish_axes(rates, "offered requests/s", "achieved requests/s", "Offered vs achieved")
+    finish_axes(ttft, "offered requests/s", "p90 TTFT from schedule (ms)", "Queueing shows in TTFT")
     return to_png(figure)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO
 
@@ -13,13 +13,14 @@ from typing import IO
 class RequestRecord:
     """What one request did. Times in ms; token counts from the server's usage; empty where not measured."""
 
+    scheduled_s: float = 0.0  # epoch seconds when the request was due: its arrival (rate mode), or its send
     start_s: float = 0.0  # wall-clock (epoch seconds) when the request was sent
     end_s: float = 0.0  # when the last byte of the response arrived
     endpoint: str = "chat"  # chat | embeddings
     model: str = ""  # the model id that was asked for
     variant: str = ""  # the variant that answered (x-quantserve-variant header)
     run_label: str = ""  # which variant sweep this belongs to (the CLI's label; may differ from `variant` on fallback)
-    mode: str = "users"  # users (fixed concurrency) | rate (Poisson arrivals)
+    mode: str = "users"  # users (fixed concurrency) | rate (open-loop arrivals)
     level: float = 0.0  # users, or requests per second offered
     phase: str = "measure"  # warmup | measure; warm-up requests are kept here but left out of every figure
     prompt_id: str = ""
@@ -27,10 +28,13 @@ class RequestRecord:
     status: int = 0  # HTTP status; 0 when no response came
     ok: bool = False
     error: str = ""
-    ttft_ms: float | None = None
-    itl_ms: float | None = None  # mean gap between output tokens after the first
+    lag_ms: float = 0.0  # schedule lag: sent minus due (rate mode; 0 in users mode)
+    waited_for_user: bool = False  # rate mode: every user was busy when it was due (the client's cap was hit)
+    ttft_ms: float | None = None  # from when the request was due (rate mode: its scheduled time) to the first token
+    tpot_ms: float | None = None  # time per output token: this request's mean gap between tokens after the first
     itl_max_ms: float | None = None  # largest gap between streamed chunks
-    e2e_ms: float | None = None
+    e2e_ms: float | None = None  # from when the request was due to its last byte
+    token_gaps_ms: list[float] = field(default_factory=list)  # every gap between content chunks (inter-token latency)
     prompt_tokens: int | None = None
     output_tokens: int | None = None
     total_tokens: int | None = None
@@ -57,7 +61,15 @@ def write_records(path: Path, records: Iterable[RequestRecord]) -> None:
 
 
 def to_row(record: RequestRecord) -> dict[str, object]:
-    return {key: ("" if value is None else value) for key, value in asdict(record).items()}
+    return {key: _format(value) for key, value in asdict(record).items()}
+
+
+def _format(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " ".join(f"{item:.3f}" for item in value)
+    return value
 
 
 def read_records(path: Path) -> list[RequestRecord]:
@@ -71,6 +83,8 @@ def from_row(row: dict[str, str]) -> RequestRecord:
 
 def _parse(type_name: str, value: str) -> object:
     optional = "None" in type_name
+    if type_name.startswith("list"):
+        return [float(item) for item in value.split()]
     if value == "" and optional:
         return None
     if type_name.startswith("bool"):

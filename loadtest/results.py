@@ -1,63 +1,23 @@
 """From raw request records to the figures of a run: per variant and load level, measured phase only.
 
-Every figure in results.json, report.md and report.html comes from `summarize`; the renderers only format.
+Every figure in results.json, summary.csv, report.md and report.html comes from `summarize`; the renderers only
+format. Latencies: TTFT and E2E from when each request was due (its scheduled arrival in rate mode), ITL over every
+gap between streamed tokens of the step, TPOT one value per request (its mean gap), each as p50/p90/p99/mean.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
-from loadtest.cost import Slo, goodput_rps, meets_slo, pareto_front, percentile, usd_per_million_tokens
+from loadtest.cost import Slo, distribution, goodput_rps, meets_slo, percentile, usd_per_million_tokens
+from loadtest.levels import LevelSummary, StepWindow, VariantCost
 from loadtest.records import RequestRecord
+from loadtest.selection import cheapest_meeting_slo, cheapest_overall, mark_pareto
 
-PERCENTILES = (50, 90, 99)
 TOKEN_FIELDS = ("prompt_tokens", "output_tokens", "total_tokens")
-
-
-@dataclass(frozen=True)
-class VariantCost:
-    """What the replicas behind one swept label cost."""
-
-    label: str
-    hardware_profile: str
-    replicas: int
-    usd_per_hour: float
-
-
-@dataclass
-class LevelSummary:
-    """Figures for one label (variant) at one load level. Token totals sum the successful measured records."""
-
-    label: str
-    mode: str
-    level: float
-    hardware_profile: str
-    usd_per_hour: float
-    requests: int
-    errors: int
-    window_s: float  # first measured request sent .. last one finished
-    prompt_tokens: int
-    output_tokens: int
-    total_tokens: int
-    requests_per_s: float
-    output_tokens_per_s: float
-    total_tokens_per_s: float
-    usd_per_m_output_tokens: float | None
-    usd_per_m_total_tokens: float | None
-    slo_met: int
-    slo_attainment: float  # share of measured requests that succeeded within the SLO
-    goodput_rps: float
-    ttft_ms: dict[str, float | None]
-    itl_ms: dict[str, float | None]
-    e2e_ms: dict[str, float | None]
-    answered_by: dict[str, int] = field(default_factory=dict)  # x-quantserve-variant values seen
-    error_kinds: dict[str, int] = field(default_factory=dict)
-    pareto: bool = False  # on the cost / p90 end-to-end latency front
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["LevelSummary", "StepWindow", "VariantCost", "build_results", "summaries_from", "summarize"]
 
 
 def measured(records: Iterable[RequestRecord]) -> list[RequestRecord]:
@@ -68,13 +28,17 @@ def label_of(record: RequestRecord) -> str:
     return record.run_label or record.variant or record.model
 
 
-def summarize(records: Iterable[RequestRecord], costs: dict[str, VariantCost], slo: Slo) -> list[LevelSummary]:
+def summarize(records: list[RequestRecord], costs: dict[str, VariantCost], slo: Slo,
+              windows: dict[tuple[str, float], StepWindow] | None = None) -> list[LevelSummary]:
     groups: dict[tuple[str, float], list[RequestRecord]] = defaultdict(list)
     for record in measured(records):
         groups[(label_of(record), record.level)].append(record)
-    summaries = [_summarize_group(group, costs[label]) for (label, _), group in sorted(groups.items())]
-    for summary, group in zip(summaries, (groups[key] for key in sorted(groups)), strict=True):
-        _apply_slo(summary, group, slo)
+    summaries = []
+    for key in sorted(groups):
+        summary = _summarize_group(groups[key], costs[key[0]])
+        _apply_slo(summary, groups[key], slo)
+        _apply_window(summary, records, (windows or {}).get(key))
+        summaries.append(summary)
     mark_pareto(summaries)
     return summaries
 
@@ -84,59 +48,50 @@ def _summarize_group(group: list[RequestRecord], cost: VariantCost) -> LevelSumm
     window_s = max(r.end_s for r in group) - min(r.start_s for r in group)
     tokens = {name: sum(getattr(r, name) or 0 for r in ok) for name in TOKEN_FIELDS}
     per_s = {name: (count / window_s if window_s > 0 else 0.0) for name, count in tokens.items()}
+    gaps = [gap for record in ok for gap in record.token_gaps_ms]
+    requests_per_s = len(ok) / window_s if window_s > 0 else 0.0
     return LevelSummary(
         label=cost.label, mode=group[0].mode, level=group[0].level, hardware_profile=cost.hardware_profile,
         usd_per_hour=cost.usd_per_hour, requests=len(group), errors=len(group) - len(ok), window_s=window_s,
-        **tokens, requests_per_s=len(ok) / window_s if window_s > 0 else 0.0,
+        **tokens, requests_per_s=requests_per_s, achieved_rps=requests_per_s,
         output_tokens_per_s=per_s["output_tokens"], total_tokens_per_s=per_s["total_tokens"],
         usd_per_m_output_tokens=usd_per_million_tokens(cost.usd_per_hour, per_s["output_tokens"]),
         usd_per_m_total_tokens=usd_per_million_tokens(cost.usd_per_hour, per_s["total_tokens"]),
-        slo_met=0, slo_attainment=0.0, goodput_rps=0.0,
-        ttft_ms=latency_percentiles(r.ttft_ms for r in ok), itl_ms=latency_percentiles(r.itl_ms for r in ok),
-        e2e_ms=latency_percentiles(r.e2e_ms for r in ok),
+        ttft_ms=distribution(r.ttft_ms for r in ok), itl_ms=distribution(gaps),
+        tpot_ms=distribution(r.tpot_ms for r in ok), e2e_ms=distribution(r.e2e_ms for r in ok), itl_gaps=len(gaps),
+        schedule_lag_ms=distribution(r.lag_ms for r in group), cap_hits=sum(r.waited_for_user for r in group),
+        prompt_len=length_stats(r.prompt_tokens for r in ok), output_len=length_stats(r.output_tokens for r in ok),
+        short_outputs=sum((r.output_tokens or 0) < r.max_tokens for r in ok if r.endpoint == "chat"),
         answered_by=dict(Counter(r.variant or "?" for r in ok)),
         error_kinds=dict(Counter(r.error for r in group if not r.ok)),
     )
 
 
 def _apply_slo(summary: LevelSummary, group: list[RequestRecord], slo: Slo) -> None:
-    timings = [(r.ttft_ms, r.itl_ms) for r in group if r.ok]
-    summary.slo_met = sum(meets_slo(ttft, itl, slo) for ttft, itl in timings)
+    timings = [(r.ttft_ms, r.tpot_ms) for r in group if r.ok]
+    summary.slo_met = sum(meets_slo(ttft, tpot, slo) for ttft, tpot in timings)
     summary.slo_attainment = summary.slo_met / summary.requests if summary.requests else 0.0
     summary.goodput_rps = goodput_rps(timings, slo, summary.window_s)
 
 
-def latency_percentiles(values: Iterable[float | None]) -> dict[str, float | None]:
+def _apply_window(summary: LevelSummary, records: list[RequestRecord], window: StepWindow | None) -> None:
+    """Offered and achieved rates over the step's measured window, when its Locust process reported one."""
+    if window is None or window.length_s <= 0:
+        return
+    mine = [r for r in records if label_of(r) == summary.label and r.level == summary.level]
+    finished = sum(r.ok and window.measure_start_s <= r.end_s < window.measure_end_s for r in mine)
+    summary.achieved_rps = finished / window.length_s
+    summary.stopped_early = window.stopped_early
+    if summary.mode == "rate":
+        summary.offered_rps = (window.arrivals_due or 0) / window.length_s
+        summary.arrivals, summary.rate_users = window.arrivals, window.rate_users
+
+
+def length_stats(values: Iterable[int | None]) -> dict[str, float | None]:
     known = [value for value in values if value is not None]
-    return {f"p{q}": percentile(known, q) for q in PERCENTILES}
-
-
-def mark_pareto(summaries: list[LevelSummary]) -> None:
-    """Mark the points no other point beats on both $ per 1M output tokens and p90 end-to-end latency."""
-    priced = [s for s in summaries if s.usd_per_m_output_tokens is not None and s.e2e_ms["p90"] is not None]
-    for index in pareto_front([(s.usd_per_m_output_tokens, s.e2e_ms["p90"]) for s in priced]):
-        priced[index].pareto = True
-
-
-def cheapest_meeting_slo(summaries: list[LevelSummary], attainment: float) -> dict[str, LevelSummary | None]:
-    """Per label, its cheapest level ($ per 1M output tokens) where enough requests met the SLO, without errors."""
-    best: dict[str, LevelSummary | None] = {s.label: None for s in summaries}
-    for summary in summaries:
-        if not _meets(summary, attainment):
-            continue
-        current = best[summary.label]
-        if current is None or summary.usd_per_m_output_tokens < current.usd_per_m_output_tokens:
-            best[summary.label] = summary
-    return best
-
-
-def cheapest_overall(per_label: dict[str, LevelSummary | None]) -> LevelSummary | None:
-    candidates = [summary for summary in per_label.values() if summary is not None]
-    return min(candidates, key=lambda s: s.usd_per_m_output_tokens, default=None)
-
-
-def _meets(summary: LevelSummary, attainment: float) -> bool:
-    return summary.errors == 0 and summary.usd_per_m_output_tokens is not None and summary.slo_attainment >= attainment
+    if not known:
+        return {"min": None, "mean": None, "p50": None, "max": None}
+    return {"min": min(known), "mean": sum(known) / len(known), "p50": percentile(known, 50), "max": max(known)}
 
 
 def error_counts(records: Iterable[RequestRecord]) -> dict[str, int]:
@@ -158,14 +113,14 @@ def totals(records: list[RequestRecord]) -> dict[str, int]:
 
 
 def build_results(meta: dict, records: list[RequestRecord], costs: dict[str, VariantCost], slo: Slo,
-                  attainment: float) -> dict:
+                  attainment: float, windows: dict[tuple[str, float], StepWindow] | None = None) -> dict:
     """Everything results.json holds: `meta` (run id, status, config, versions, machine, server) plus figures."""
-    summaries = summarize(records, costs, slo)
+    summaries = summarize(records, costs, slo, windows)
     per_label = cheapest_meeting_slo(summaries, attainment)
     overall = cheapest_overall(per_label)
     return {
         **meta,
-        "slo": {"ttft_ms": slo.ttft_ms, "itl_ms": slo.itl_ms, "attainment": attainment},
+        "slo": {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms, "attainment": attainment},
         "variants": [asdict(cost) for cost in costs.values()],
         "totals": totals(records),
         "errors": error_counts(records),

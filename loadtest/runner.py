@@ -6,6 +6,7 @@ and gevent's patching stays out of the CLI process.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.cost import Slo
+from loadtest.levels import StepWindow
 from loadtest.records import RequestRecord, read_records
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 STOP_TIMEOUT_S = 60  # requests in flight when a step ends may finish within this
 PROGRESS_EVERY_S = 5.0
+SCHEDULE_FILE = "schedule.json"
 
 
 class StepInterrupted(KeyboardInterrupt):
@@ -40,11 +43,14 @@ class StepSettings:
     warmup_s: float
     duration_s: float
     max_requests: int
-    rate_users: int
-    prompts: str
+    rate_users: int  # rate mode: the client's cap on requests in flight
+    prompts: str  # a prompt set's name or JSONL path (synthetic prompts are written to a JSONL file first)
     max_tokens: str
     slo: Slo
     seed: int  # prompt, output length and arrival choices
+    arrivals: str = "poisson"  # rate mode: poisson | constant
+    exact_output: bool = True  # send ignore_eos and min_tokens = max_tokens
+    temperature: float | None = None  # None: not sent, the server's default (OpenAI's 1.0)
 
 
 @dataclass(frozen=True)
@@ -74,9 +80,12 @@ def locust_command(step: StepSpec) -> list[str]:
         "--warmup", f"{settings.warmup_s:g}s", "--step-time", f"{settings.duration_s:g}s",
         "--max-requests", str(settings.max_requests), "--prompts", settings.prompts,
         "--max-tokens", settings.max_tokens, "--slo-ttft-ms", f"{settings.slo.ttft_ms or 0:g}",
-        "--slo-itl-ms", f"{settings.slo.itl_ms or 0:g}", "--seed", str(settings.seed),
+        "--slo-tpot-ms", f"{settings.slo.tpot_ms or 0:g}", "--seed", str(settings.seed),
+        "--arrivals", settings.arrivals, "--schedule-json", str(step.folder / SCHEDULE_FILE),
         "--stop-timeout", str(STOP_TIMEOUT_S), "--exit-code-on-error", "0",
         "--records-csv", str(step.folder / "records.csv"), "--csv", str(step.folder / "locust"),
+        *(["--ignore-eos"] if settings.exact_output else []),
+        *(["--temperature", f"{settings.temperature:g}"] if settings.temperature is not None else []),
     ]
 
 
@@ -102,6 +111,17 @@ def run_step(step: StepSpec, progress: Callable[[str], None]) -> list[RequestRec
     if process.returncode not in (0, -9) and not records:
         raise RuntimeError(f"Locust failed on {step.name} (exit {process.returncode}): {_tail(log_path)}")
     return records
+
+
+def read_windows(step: StepSpec) -> list[StepWindow]:
+    """The measured windows the step's Locust process reported (none if it wrote no schedule.json)."""
+    try:
+        facts = json.loads((step.folder / SCHEDULE_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [StepWindow(label=step.label, level=fact["level"], measure_start_s=fact["measure_start_s"],
+                       measure_end_s=fact["measure_end_s"], arrivals=fact["arrivals"], rate_users=fact["rate_users"],
+                       arrivals_due=fact["arrivals_due"], stopped_early=fact["stopped_early"]) for fact in facts]
 
 
 def _wait(process: subprocess.Popen, step: StepSpec, records_csv: Path, deadline: float, progress) -> None:

@@ -94,8 +94,8 @@ def usage_problem(result: StreamResult, max_tokens: int) -> str:
     return ""
 
 
-def mean_itl_ms(result: StreamResult, output_tokens: int | None) -> float | None:
-    """Mean time per output token after the first (several tokens may share a chunk)."""
+def time_per_output_token_ms(result: StreamResult, output_tokens: int | None) -> float | None:
+    """TPOT: this request's mean time per output token after the first (several tokens may share a chunk)."""
     if result.first_token_s is None or result.last_token_s is None:
         return None
     tokens = output_tokens if output_tokens else result.chunks

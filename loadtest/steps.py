@@ -1,4 +1,4 @@
-"""The plan of a load test as pure data: steps of a sweep, warm-up then measurement, and Poisson arrivals.
+"""The plan of a load test as pure data: steps of a sweep, warm-up then measurement, and open-loop arrivals.
 
 No Locust import here: the CLI process (which must not be gevent-patched) and the tests use it too.
 """
@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 MODES = ("users", "rate")
+ARRIVAL_KINDS = ("poisson", "constant")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -81,30 +82,48 @@ def users_for(step: Step, rate_users: int) -> int:
     return int(step.level) if step.mode == "users" else rate_users
 
 
-class PoissonArrivals:
-    """Open-loop arrival times for a constant mean rate: gaps are exponential, independent of the server.
+class ArrivalSchedule:
+    """Open-loop arrival times at a mean rate, independent of the server: exponential gaps (`poisson`) or equal
+    gaps (`constant`, the first arrival at `start_s`). Times are on the clock of `start_s`."""
 
-    Users take the next arrival and wait for it; when every user is busy, arrivals are served late.
-    """
-
-    def __init__(self, rate_per_s: float, start_s: float, rng: random.Random) -> None:
+    def __init__(self, rate_per_s: float, start_s: float, rng: random.Random, kind: str = "poisson") -> None:
         if rate_per_s <= 0:
             raise ValueError(f"rate must be positive, got {rate_per_s}")
+        if kind not in ARRIVAL_KINDS:
+            raise ValueError(f"unknown arrival kind {kind!r}; use one of {', '.join(ARRIVAL_KINDS)}")
         self.rate_per_s = rate_per_s
+        self.kind = kind
+        self._start_s = start_s
+        self._taken = 0
         self._next_s = start_s
         self._rng = rng
 
     def take(self) -> float:
-        """The time of the next arrival (same clock as `start_s`), advancing the schedule."""
-        self._next_s += self._rng.expovariate(self.rate_per_s)
+        """The time of the next arrival, advancing the schedule."""
+        if self.kind == "constant":
+            self._next_s = self._start_s + self._taken / self.rate_per_s
+        else:
+            self._next_s += self._rng.expovariate(self.rate_per_s)
+        self._taken += 1
         return self._next_s
 
 
-def arrivals_for(step: Step, seed: int, start_s: float) -> PoissonArrivals | None:
-    """The step's arrival schedule in rate mode (None in users mode): the same for the same seed and step.
+def arrivals_for(step: Step, seed: int, start_s: float, kind: str = "poisson") -> ArrivalSchedule | None:
+    """The step's arrival schedule in rate mode (None in users mode): the same for the same seed, step and kind.
 
     Its own generator, apart from prompt and length choices, so the schedule does not depend on what was sent.
     """
     if step.mode != "rate":
         return None
-    return PoissonArrivals(step.level, start_s, random.Random(f"arrivals/{seed}/{step.index}"))
+    return ArrivalSchedule(step.level, start_s, random.Random(f"arrivals/{seed}/{step.index}"), kind)
+
+
+def arrivals_due(step: Step, seed: int, kind: str, from_s: float, to_s: float) -> int:
+    """How many of the step's scheduled arrivals fall in [from_s, to_s), in seconds since the step began."""
+    schedule = arrivals_for(step, seed, 0.0, kind)
+    if schedule is None:
+        return 0
+    due = 0
+    while (at_s := schedule.take()) < to_s:
+        due += at_s >= from_s
+    return due

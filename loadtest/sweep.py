@@ -18,15 +18,20 @@ from loadtest.cost import Slo
 from loadtest.machine import describe_machine, versions
 from loadtest.records import RequestRecord
 from loadtest.report import write_report
-from loadtest.results import VariantCost, build_results
-from loadtest.runner import StepSettings, StepSpec, run_step
+from loadtest.results import StepWindow, VariantCost, build_results
+from loadtest.runner import StepSettings, StepSpec, read_windows, run_step
 from loadtest.steps import parse_duration, parse_levels
+from loadtest.synthetic import load_tokenizer, write_synthetic_prompts
 from loadtest.target import TIMEOUT, LoadtestError, check_target, list_models, probe, select_model_ids
-from loadtest.workload import load_prompt_set, output_length_sampler
+from loadtest.workload import length_sampler, load_prompt_set, output_length_sampler
+from quantserve.config import ConfigError, load_config
+from quantserve.manifest import BASE_VARIANT
 from quantserve.prices import DEFAULT_PRICES_PATH, PriceError, PriceTable, load_prices, price_per_hour
 
 DEFAULT_PROFILE = "cpu-2vcpu"
 DEFAULT_USER_LEVELS = "1,2,4,8"
+DEFAULT_PROMPTS = "short"
+SYNTHETIC_PROMPTS = "prompts.jsonl"  # written into the run folder when --input-tokens is given
 
 
 class RunFailed(RuntimeError):
@@ -49,6 +54,8 @@ class Sweep:
     prices: PriceTable
     prices_path: Path
     folder: Path
+    input_tokens: str | None = None  # synthetic prompts of this length distribution, made with `tokenizer`
+    tokenizer: Path | None = None
 
 
 def sweep_from_args(args: argparse.Namespace) -> Sweep:
@@ -56,19 +63,44 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
     target = check_target(args.target, args.allow_remote_target)
     mode = "rate" if args.rate else "users"
     levels = parse_levels(args.rate or args.users or DEFAULT_USER_LEVELS, mode)
-    load_prompt_set(args.prompts)
     output_length_sampler(args.max_tokens, random.Random(args.seed))
     if not 0 < args.slo_attainment <= 1 or args.max_requests < 1 or args.rate_users < 1:
         raise ValueError("--slo-attainment must be in (0, 1]; --max-requests and --rate-users at least 1")
     prices_path = Path(args.prices) if args.prices else DEFAULT_PRICES_PATH
     run_id = args.run_id or f"{datetime.now():%Y%m%d-%H%M%S}-{args.model.replace(':', '-')}"
+    folder = Path(args.reports_dir) / run_id
+    prompts, tokenizer = _prompt_source(args, folder)
     settings = StepSettings(target=target, endpoint=args.endpoint, mode=mode, warmup_s=parse_duration(args.warmup),
                             duration_s=parse_duration(args.duration), max_requests=args.max_requests,
-                            rate_users=args.rate_users, prompts=args.prompts, max_tokens=args.max_tokens,
-                            slo=Slo(args.slo_ttft_ms or None, args.slo_itl_ms or None), seed=args.seed)
+                            rate_users=args.rate_users, prompts=prompts, max_tokens=args.max_tokens,
+                            slo=Slo(args.slo_ttft_ms or None, args.slo_tpot_ms or None), seed=args.seed,
+                            arrivals=args.arrivals, exact_output=args.exact_output, temperature=args.temperature)
     return Sweep(model=args.model, variants=args.variants, levels=levels, settings=settings,
                  attainment=args.slo_attainment, config_path=Path(args.config), hardware_profile=args.hardware_profile,
-                 prices=_load_prices(prices_path), prices_path=prices_path, folder=Path(args.reports_dir) / run_id)
+                 prices=_load_prices(prices_path), prices_path=prices_path, folder=folder,
+                 input_tokens=args.input_tokens, tokenizer=tokenizer)
+
+
+def _prompt_source(args: argparse.Namespace, folder: Path) -> tuple[str, Path | None]:
+    """The prompt set the steps read, and the tokenizer that will write it when prompts are synthetic."""
+    if not args.input_tokens:
+        load_prompt_set(args.prompts or DEFAULT_PROMPTS)
+        return args.prompts or DEFAULT_PROMPTS, None
+    if args.prompts:
+        raise ValueError("--prompts and --input-tokens exclude each other: a prompt set, or synthetic prompts")
+    length_sampler(args.input_tokens, random.Random(args.seed), "input length")
+    tokenizer = Path(args.tokenizer) if args.tokenizer else default_tokenizer(Path(args.config), args.model)
+    load_tokenizer(tokenizer)
+    return str(folder / SYNTHETIC_PROMPTS), tokenizer
+
+
+def default_tokenizer(config_path: Path, model: str) -> Path:
+    """The tokenizer.json in the model's base folder (`<models_dir>/<model>/base/`)."""
+    try:
+        models_dir = Path(load_config(config_path).models_dir)
+    except ConfigError:
+        models_dir = Path("models")
+    return models_dir / model.split(":", 1)[0] / BASE_VARIANT / "tokenizer.json"
 
 
 def run_sweep(sweep: Sweep, progress: Callable[[str], None]) -> Path:
@@ -79,17 +111,29 @@ def run_sweep(sweep: Sweep, progress: Callable[[str], None]) -> Path:
         answered = {model_id: probe(client, target, model_id, endpoint) for model_id in model_ids}
         costs = {label_for(model_id): variant_cost(sweep, model_id, progress) for model_id in model_ids}
         meta = _meta(sweep, model_ids, available, answered)
-        records, error = _run_steps(sweep, model_ids, client, progress)
+        _write_prompts(sweep, progress)
+        records, windows, error = _run_steps(sweep, model_ids, client, progress)
     meta.update(status="incomplete" if error else "complete", error=error, finished_at=_now())
-    results = build_results(meta, records, costs, sweep.settings.slo, sweep.attainment)
+    results = build_results(meta, records, costs, sweep.settings.slo, sweep.attainment, windows)
     report = write_report(sweep.folder, results, records)
     if error:
         raise RunFailed(error, report)
     return report
 
 
-def _run_steps(sweep: Sweep, model_ids: list[str], client: httpx.Client, progress) -> tuple[list, str]:
+def _write_prompts(sweep: Sweep, progress) -> None:
+    if sweep.input_tokens is None:
+        return
+    count = sweep.settings.max_requests  # one prompt per request a step may send: none is repeated
+    lengths = write_synthetic_prompts(Path(sweep.settings.prompts), sweep.tokenizer, sweep.input_tokens, count,
+                                      sweep.settings.seed)
+    progress(f"synthetic prompts: {count} of {min(lengths)}..{max(lengths)} tokens ({sweep.input_tokens}), "
+             f"tokenizer {sweep.tokenizer}")
+
+
+def _run_steps(sweep: Sweep, model_ids: list[str], client: httpx.Client, progress) -> tuple[list, dict, str]:
     records: list[RequestRecord] = []
+    windows: dict[tuple[str, float], StepWindow] = {}
     try:
         for model_id in model_ids:
             for level in sweep.levels:
@@ -98,15 +142,16 @@ def _run_steps(sweep: Sweep, model_ids: list[str], client: httpx.Client, progres
                 progress(f"{step.name}: warm-up {settings.warmup_s:g} s, then {settings.duration_s:g} s measured")
                 found = run_step(step, progress)
                 records += found
+                windows.update({(step.label, window.level): window for window in read_windows(step)})
                 progress(f"{step.name}: {len(found)} requests, {sum(not r.ok for r in found)} errors")
                 if not any(record.phase == "measure" for record in found):
                     progress(f"  warning: nothing measured in {step.name}; raise --max-requests or shorten --warmup")
                 _check_target_alive(sweep, step, found, client)
     except (LoadtestError, RuntimeError) as exc:
-        return records, str(exc)
+        return records, windows, str(exc)
     except KeyboardInterrupt as exc:
-        return records + getattr(exc, "records", []), "interrupted"
-    return records, ""
+        return records + getattr(exc, "records", []), windows, "interrupted"
+    return records, windows, ""
 
 
 def step_for(sweep: Sweep, model_id: str, level: float) -> StepSpec:
@@ -147,8 +192,6 @@ def variant_cost(sweep: Sweep, model_id: str, progress) -> VariantCost:
 
 def _profile_from_config(path: Path, model_id: str) -> tuple[str | None, int]:
     """The variant's hardware profile and replica count (autoscaling: its maximum) from the serving config."""
-    from quantserve.config import ConfigError, load_config
-
     if not path.exists():
         return None, 1
     try:
@@ -176,7 +219,10 @@ def _meta(sweep: Sweep, model_ids: list[str], available: list[str], answered: di
             "target": settings.target, "model": sweep.model, "model_ids": model_ids, "endpoint": settings.endpoint,
             "mode": settings.mode, "levels": sweep.levels, "warmup_s": settings.warmup_s,
             "step_s": settings.duration_s, "max_requests_per_step": settings.max_requests,
-            "rate_users": settings.rate_users, "prompts": settings.prompts, "max_tokens": settings.max_tokens,
+            "rate_users": settings.rate_users, "arrivals": settings.arrivals if settings.mode == "rate" else None,
+            "prompts": sweep.input_tokens and "synthetic" or settings.prompts, "input_tokens": sweep.input_tokens,
+            "tokenizer": str(sweep.tokenizer) if sweep.tokenizer else None, "max_tokens": settings.max_tokens,
+            "exact_output": settings.exact_output, "temperature": settings.temperature,
             "seed": settings.seed, "config_file": str(sweep.config_path),
         },
         "prices": {"file": sweep.prices_path.name, "profiles": sweep.prices.model_dump(mode="json")["profiles"]},

@@ -1,4 +1,5 @@
-"""What the load test sends: prompt sets shipped in `loadtest/prompts/` and output length distributions."""
+"""What the load test sends: prompt sets (shipped in `loadtest/prompts/`, a JSONL file, or synthetic ones written
+as JSONL by `loadtest.synthetic`) and token length distributions."""
 
 from __future__ import annotations
 
@@ -58,14 +59,19 @@ def _parse_line(path: Path, number: int, line: str) -> Prompt | None:
 
 def output_length_sampler(spec: str, rng: random.Random) -> Callable[[], int]:
     """`64` or `fixed:64`, `uniform:16:128`, `normal:64:16`, `exp:64`; samples are clipped to 1..4096."""
+    return length_sampler(spec, rng, "output length")
+
+
+def length_sampler(spec: str, rng: random.Random, what: str) -> Callable[[], int]:
+    """Token counts drawn from `N` (`fixed:N`), `uniform:LO:HI`, `normal:MEAN:SD` or `exp:MEAN`, clipped to 1..4096."""
     kind, _, rest = spec.partition(":") if ":" in spec else ("fixed", "", spec)
     try:
         args = [float(part) for part in rest.split(":")]
     except ValueError:
-        raise WorkloadError(f"bad output length {spec!r}; e.g. 64, uniform:16:128, normal:64:16, exp:64") from None
+        raise WorkloadError(f"bad {what} {spec!r}; e.g. 64, uniform:16:128, normal:64:16, exp:64") from None
     draw = _DISTRIBUTIONS.get((kind, len(args)))
-    if draw is None:
-        raise WorkloadError(f"bad output length {spec!r}; e.g. 64, uniform:16:128, normal:64:16, exp:64")
+    if draw is None or any(arg < 0 for arg in args):
+        raise WorkloadError(f"bad {what} {spec!r}; e.g. 64, uniform:16:128, normal:64:16, exp:64")
     return lambda: max(1, min(MAX_OUTPUT_TOKENS, round(draw(rng, *args))))
 
 
@@ -75,3 +81,17 @@ _DISTRIBUTIONS = {
     ("normal", 2): lambda rng, mean, sd: rng.gauss(mean, sd),
     ("exp", 1): lambda rng, mean: rng.expovariate(1 / mean),
 }
+
+
+class PromptCycle:
+    """The prompts in one seeded order, then again: every prompt is sent once before any is repeated."""
+
+    def __init__(self, prompts: list[Prompt], rng: random.Random) -> None:
+        self._prompts = list(prompts)
+        rng.shuffle(self._prompts)
+        self._next = 0
+
+    def take(self) -> Prompt:
+        prompt = self._prompts[self._next % len(self._prompts)]
+        self._next += 1
+        return prompt

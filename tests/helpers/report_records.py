@@ -13,7 +13,7 @@ from loadtest.results import VariantCost, build_results
 
 COSTS = {"onnx-int4": VariantCost("onnx-int4", "cpu-2vcpu", 1, 0.08925),
          "onnx-fp32": VariantCost("onnx-fp32", "cpu-4vcpu", 2, 0.357)}
-SLO = Slo(ttft_ms=300, itl_ms=40)
+SLO = Slo(ttft_ms=300, tpot_ms=40)
 SPEED = {"onnx-int4": 1.0, "onnx-fp32": 2.5}  # fp32 is slower: latency multiplier
 
 
@@ -33,13 +33,14 @@ def synthetic_records(seed: int = 7) -> list[RequestRecord]:
 def _record(rng, label, level, slow, clock, phase) -> RequestRecord:
     output = rng.randint(8, 64)
     ttft = rng.uniform(50, 150) * slow * (1 + level / 4)
-    itl = rng.uniform(10, 20) * slow
-    e2e = ttft + itl * (output - 1)
+    gaps = [rng.uniform(10, 20) * slow for _ in range(output - 1)]
+    itl = sum(gaps) / len(gaps)
+    e2e = ttft + sum(gaps)
     return RequestRecord(start_s=clock, end_s=clock + e2e / 1000, model=f"smollm2-135m:{label}", variant=label,
                          run_label=label, level=level, phase=phase, prompt_id="short-01", max_tokens=64, status=200,
-                         ok=True, ttft_ms=ttft, itl_ms=itl, itl_max_ms=itl * 2, e2e_ms=e2e, prompt_tokens=20,
+                         ok=True, ttft_ms=ttft, tpot_ms=itl, itl_max_ms=max(gaps), e2e_ms=e2e, prompt_tokens=20,
                          output_tokens=output, total_tokens=20 + output, chunks=output, finish_reason="length",
-                         usage_checked=True)
+                         usage_checked=True, token_gaps_ms=gaps, scheduled_s=clock)
 
 
 def meta() -> dict:

@@ -51,7 +51,7 @@ def test_usd_per_million_tokens_follows_price_and_throughput():
 
 
 def test_meets_slo_checks_each_bound():
-    slo = Slo(ttft_ms=500, itl_ms=50)
+    slo = Slo(ttft_ms=500, tpot_ms=50)
     assert meets_slo(400, 40, slo)
     assert not meets_slo(600, 40, slo)
     assert not meets_slo(400, 60, slo)
@@ -61,7 +61,7 @@ def test_meets_slo_checks_each_bound():
 
 
 def test_goodput_counts_requests_within_slo_per_second():
-    slo = Slo(ttft_ms=100, itl_ms=20)
+    slo = Slo(ttft_ms=100, tpot_ms=20)
     requests = [(50, 10), (150, 10), (90, 30), (99, 19)]
     assert goodput_rps(requests, slo, window_s=4) == pytest.approx(0.5)
     assert goodput_rps(requests, slo, window_s=0) == 0.0

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from loadtest.records import RequestRecord, read_records, write_records
-from loadtest.sse import mean_itl_ms, parse_stream, usage_problem
-from loadtest.steps import PoissonArrivals, build_steps, parse_duration, parse_levels, state_at, users_for
+from loadtest.sse import parse_stream, time_per_output_token_ms, usage_problem
+from loadtest.steps import ArrivalSchedule, arrivals_due, build_steps, parse_duration, parse_levels, state_at, users_for
 from loadtest.target import LoadtestError, check_target, select_model_ids
 from loadtest.workload import WorkloadError, load_prompt_set, output_length_sampler, prompt_set_names
 
@@ -37,7 +37,7 @@ def test_stream_measures_first_token_gaps_and_usage():
     assert result.chunks == 3 and result.gaps_ms == pytest.approx([100, 100])
     assert result.done and result.usage == usage and result.finish_reason == "length"
     assert usage_problem(result, max_tokens=3) == ""
-    assert mean_itl_ms(result, 3) == pytest.approx(100)
+    assert time_per_output_token_ms(result, 3) == pytest.approx(100)
 
 
 def test_stream_usage_disagreements_are_reported():
@@ -78,10 +78,23 @@ def test_levels_and_durations_parse_or_explain():
 
 
 def test_poisson_arrivals_have_the_asked_mean_rate():
-    arrivals = PoissonArrivals(rate_per_s=4.0, start_s=100.0, rng=random.Random(1))
+    arrivals = ArrivalSchedule(rate_per_s=4.0, start_s=100.0, rng=random.Random(1))
     times = [arrivals.take() for _ in range(4000)]
     assert times == sorted(times) and times[0] > 100
     assert (times[-1] - 100) / len(times) == pytest.approx(0.25, rel=0.05)
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    assert max(gaps) > 4 * min(gaps)  # exponential gaps vary
+
+
+def test_constant_arrivals_are_evenly_spaced_and_counted_per_window():
+    arrivals = ArrivalSchedule(rate_per_s=4.0, start_s=10.0, rng=random.Random(1), kind="constant")
+    assert [arrivals.take() for _ in range(4)] == pytest.approx([10.0, 10.25, 10.5, 10.75])
+    step = build_steps("rate", [4.0], warmup_s=1, duration_s=2)[0]
+    assert arrivals_due(step, seed=0, kind="constant", from_s=1, to_s=3) == 8
+    poisson_due = arrivals_due(step, seed=0, kind="poisson", from_s=1, to_s=3)
+    assert poisson_due == arrivals_due(step, seed=0, kind="poisson", from_s=1, to_s=3) and poisson_due > 0
+    with pytest.raises(ValueError, match="unknown arrival kind"):
+        ArrivalSchedule(1.0, 0.0, random.Random(0), kind="bursty")
 
 
 def test_shipped_prompt_sets_load():

@@ -28,7 +28,7 @@ for argv in json.loads(sys.stdin.read()):
     shape = SweepShape()
     Environment(shape_class=shape, parsed_options=get_parser().parse_args(argv)).create_local_runner()
     shape.tick()
-    times = [shape.arrivals.take() for _ in range({ARRIVALS})]
+    times = [shape.take_arrival().at_s for _ in range({ARRIVALS})]
     gaps.append([later - earlier for earlier, later in zip(times, times[1:])])
 print(json.dumps(gaps))
 """
