@@ -29,7 +29,7 @@ from loadtest.measure import accepted, measure_stream, read_embeddings, slo_miss
 from loadtest.records import RequestRecord, open_writer, to_row
 from loadtest.sse import parse_stream
 from loadtest.steps import StepState
-from loadtest.workload import PromptCycle, load_prompt_set, output_length_sampler
+from loadtest.workload import PromptCycle, chat_request, load_prompt_set, output_length_sampler
 
 IDLE_S = 0.2
 log = logging.getLogger("quantserve.loadtest")
@@ -187,9 +187,9 @@ class ChatStreamUser(OpenAIUser):
         options = self.shared.options
         prompt, max_tokens = self.shared.prompts.take(), self.shared.sample_max_tokens()
         record = self._new_record("chat", options.model, prompt.id, max_tokens, slot)
-        with self.client.post("/v1/chat/completions", json=chat_body(options, prompt.messages, max_tokens),
-                              stream=True, catch_response=True, name=f"chat {options.model}",
-                              timeout=(5, options.request_timeout)) as response:
+        body = chat_request(options.model, prompt.messages, max_tokens, options.temperature, options.ignore_eos)
+        with self.client.post("/v1/chat/completions", json=body, stream=True, catch_response=True,
+                              name=f"chat {options.model}", timeout=(5, options.request_timeout)) as response:
             self._read_stream(response, record, slot.due_s)
         self._finish(record)
         if record.ok:
@@ -222,17 +222,6 @@ class ChatStreamUser(OpenAIUser):
         options = self.shared.options
         miss = slo_miss(record, options.slo_ttft_ms, options.slo_tpot_ms)
         self._fire("SLO", name, record.e2e_ms, exception=RuntimeError(miss) if miss else None)
-
-
-def chat_body(options, messages: list[dict], max_tokens: int) -> dict:
-    """The request: streamed with usage; exact output length when asked; temperature only when the workload sets one."""
-    body = {"model": options.model, "messages": messages, "max_tokens": max_tokens, "stream": True,
-            "stream_options": {"include_usage": True}}
-    if options.temperature is not None:
-        body["temperature"] = options.temperature
-    if options.ignore_eos:
-        body.update(ignore_eos=True, min_tokens=max_tokens)
-    return body
 
 
 class EmbeddingsUser(OpenAIUser):

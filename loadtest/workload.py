@@ -95,3 +95,15 @@ class PromptCycle:
         prompt = self._prompts[self._next % len(self._prompts)]
         self._next += 1
         return prompt
+
+
+def chat_request(model: str, messages: list[dict], max_tokens: int, temperature: float | None, exact: bool) -> dict:
+    """A streamed chat request with usage. `exact`: exactly `max_tokens` tokens (ignore_eos, min_tokens, as vLLM
+    names them). The temperature is sent only when the workload sets one: else the server's default, OpenAI's 1.0."""
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True,
+            "stream_options": {"include_usage": True}}
+    if temperature is not None:
+        body["temperature"] = temperature
+    if exact:
+        body.update(ignore_eos=True, min_tokens=max_tokens)
+    return body
