@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from loadtest import cli as loadtest_cli
-from loadtest import demo, soak
+from loadtest import demo, plan, soak
 from loadtest.bench import command as bench
 from quantize import cli as quantize_cli
 from quantize.errors import QuantizeError
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cli.add_commands(subparsers)
     loadtest_cli.add_commands(subparsers)
     demo.add_command(subparsers)
+    plan.add_command(subparsers)
     bench.add_command(subparsers)
     soak.add_command(subparsers)
     return parser
