@@ -93,6 +93,9 @@ def now() -> int:
     return int(time.time())
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 class SamplingFields(OpenAIRequest):
     """Fields shared by chat and text completions."""
 
@@ -100,15 +103,20 @@ class SamplingFields(OpenAIRequest):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Text | list[Text] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)  # vLLM's bound; each engine maps it to its range
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     user: str | None = None
+    # vLLM's sampling extensions, with vLLM's bounds
+    top_k: int | None = Field(None, ge=-1)  # 0 or -1: off
+    min_p: float = Field(0.0, ge=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0, allow_inf_nan=False)
+    min_tokens: int = Field(0, ge=0)
+    ignore_eos: bool = False
 
     @field_validator("stop")
     @classmethod
@@ -121,12 +129,16 @@ class SamplingFields(OpenAIRequest):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> dict:
-        """Engine parameters (see serving.engines.base.SamplingParams)."""
+    def sampling_params(self, max_tokens: int | None, logprobs: int | None,
+                        prompt_logprobs: int | None = None) -> dict:
+        """Engine parameters (see serving.engines.base.SamplingParams, which checks how they combine)."""
         return {
-            "max_tokens": max_tokens, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-            "seed": self.seed, "stop": list(self.stop or []), "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty, "logprobs": logprobs,
+            "max_tokens": max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+            "top_k": self.top_k if self.top_k and self.top_k > 0 else None, "seed": self.seed,
+            "stop": list(self.stop or []), "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty, "logprobs": logprobs, "min_p": self.min_p,
+            "repetition_penalty": self.repetition_penalty, "min_tokens": self.min_tokens, "ignore_eos": self.ignore_eos,
+            "prompt_logprobs": prompt_logprobs,
         }
 
 
@@ -249,7 +261,8 @@ class CompletionRequest(SamplingFields):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
     def to_sampling_params(self) -> dict:
-        return self.sampling_params(self.max_tokens, self.logprobs)
+        # As vLLM: echo with logprobs scores the prompt's tokens too.
+        return self.sampling_params(self.max_tokens, self.logprobs, self.logprobs if self.echo else None)
 
 
 class CompletionLogprobs(BaseModel):

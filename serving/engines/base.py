@@ -11,17 +11,24 @@ the error as a `serving.protocol.ApiError`, of which `EngineError` is the engine
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from serving.protocol import ApiError
 
+MAX_LOGPROBS = 20  # vLLM's default max_logprobs
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    max_tokens: int | None = None
-    temperature: float = 1.0
+    """A request's sampling parameters, checked where they enter an engine (a 400 naming the field, as vLLM
+    answers), so that nothing a request asks for is found impossible on the model thread. `seed` is any integer:
+    each backend maps it into its generator's range (the HTTP API bounds it to signed 64 bits, as vLLM does)."""
+
+    max_tokens: int | None = None  # 0: only the prompt is run (prompt logprobs); None: what the context leaves
+    temperature: float = 1.0  # below 1e-5: greedy
     top_p: float = 1.0
     top_k: int | None = None
     seed: int | None = None
@@ -29,6 +36,37 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: int | None = None  # None: no logprobs; k: the sampled token's plus the top k
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # vLLM's: over prompt and output tokens; 1 is off
+    min_tokens: int = 0  # end-of-sequence and stop strings are ignored until this many tokens
+    ignore_eos: bool = False
+    prompt_logprobs: int | None = None  # None: none; k: each prompt token's logprob plus the top k
+
+    def __post_init__(self) -> None:
+        for name, holds, rule in self._rules():
+            if not holds:
+                raise EngineError(400, f"{name} must be {rule}; got {getattr(self, name)!r}", param=name,
+                                  code="invalid_request")
+
+    def _rules(self) -> tuple[tuple[str, bool, str], ...]:
+        def optional_range(value: int | None, low: int, high: float) -> bool:
+            return value is None or low <= value <= high
+
+        return (
+            ("max_tokens", optional_range(self.max_tokens, 0, math.inf), "at least 0"),
+            ("temperature", 0.0 <= self.temperature <= 2.0, "in [0, 2]"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]"),
+            ("top_k", optional_range(self.top_k, 1, math.inf), "at least 1, or null"),
+            ("min_p", 0.0 <= self.min_p <= 1.0, "in [0, 1]"),
+            ("presence_penalty", -2.0 <= self.presence_penalty <= 2.0, "in [-2, 2]"),
+            ("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0, "in [-2, 2]"),
+            ("repetition_penalty", 0.0 < self.repetition_penalty < math.inf, "greater than 0 and finite"),
+            ("min_tokens", optional_range(self.min_tokens, 0, self.max_tokens if self.max_tokens is not None
+                                          else math.inf), "at least 0 and at most max_tokens"),
+            ("logprobs", optional_range(self.logprobs, 0, MAX_LOGPROBS), f"in [0, {MAX_LOGPROBS}]"),
+            ("prompt_logprobs", optional_range(self.prompt_logprobs, 0, MAX_LOGPROBS), f"in [0, {MAX_LOGPROBS}]"),
+            ("stop", all(self.stop), "a list of non-empty strings"),
+        )
 
     @classmethod
     def from_dict(cls, values: dict) -> SamplingParams:
@@ -37,9 +75,17 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class TokenLogprob:
+    """One token's logprob and its top alternatives. `token` is the text the token adds to the output, so the
+    tokens joined spell the text exactly: a token that ends inside a multi-byte character adds "" and the one
+    that completes it the whole character (an end-of-sequence token adds ""). `token_bytes` are the token's raw
+    bytes (joined, the UTF-8 of the output). An alternative's text is its own piece, or `bytes:\\xe6\\x9d` when
+    that is not whole characters (OpenAI's form); `top_bytes` are their raw bytes, in the order of `top`."""
+
     token: str
-    logprob: float
+    logprob: float | None  # None only for a prompt's first token, which nothing predicts
     top: tuple[tuple[str, float], ...] = ()
+    token_bytes: bytes = b""
+    top_bytes: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,6 +98,7 @@ class GenerationOutput:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     queue_seconds: float = 0.0  # time the request waited for a batch slot (set on the first output)
     replica_seconds: float = 0.0  # share of engine step time this request used, total so far
+    prompt_logprobs: list[TokenLogprob] | None = None  # one per prompt token, on the first output, when asked for
 
     def followed_by(self, later: GenerationOutput) -> GenerationOutput:
         """This output and the next one of the same request as one: text, tokens and logprobs joined, the totals
@@ -61,6 +108,7 @@ class GenerationOutput:
             prompt_tokens=later.prompt_tokens, completion_tokens=later.completion_tokens,
             finish_reason=later.finish_reason, logprobs=self.logprobs + later.logprobs,
             queue_seconds=self.queue_seconds, replica_seconds=later.replica_seconds,
+            prompt_logprobs=self.prompt_logprobs,
         )
 
 
@@ -75,12 +123,13 @@ class EngineError(ApiError):
 
 
 def check_prompt_fits(prompt_tokens: int, max_tokens: int | None, context: int) -> int:
-    """The completion budget of a request (max_tokens, or what the context leaves); a 400 EngineError if the
-    prompt, or prompt plus max_tokens, does not fit the context. Every backend answers these the same way."""
+    """The completion budget of a request (max_tokens, or what the context leaves; 0 runs the prompt only); a 400
+    EngineError if the prompt, or prompt plus max_tokens, does not fit the context. Every backend answers these
+    the same way."""
     if prompt_tokens == 0:
         raise EngineError(400, "the prompt is empty: there is nothing to continue", param="prompt",
                           code="empty_prompt")
-    if prompt_tokens + 1 > context:
+    if max_tokens is None and prompt_tokens + 1 > context:
         raise EngineError(400, f"This model's maximum context length is {context} tokens; the prompt has "
                                f"{prompt_tokens} tokens, which leaves no room for a completion.",
                           param="messages", code="context_length_exceeded")
@@ -88,8 +137,9 @@ def check_prompt_fits(prompt_tokens: int, max_tokens: int | None, context: int) 
         raise EngineError(400, f"This model's maximum context length is {context} tokens. However, you "
                                f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in "
                                f"the prompt, {max_tokens} for the completion).",
-                          param="max_tokens", code="context_length_exceeded")
-    return max_tokens or context - prompt_tokens
+                          param="messages" if prompt_tokens >= context else "max_tokens",
+                          code="context_length_exceeded")
+    return context - prompt_tokens if max_tokens is None else max_tokens
 
 
 @dataclass(frozen=True)
