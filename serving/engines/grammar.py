@@ -138,17 +138,19 @@ class TokenGrammars:
     """Turns grammars into matchers over one tokenizer. Building it walks the whole vocabulary (about 1 s), so a
     replica builds one; compiled grammars are cached and each sequence gets a copy."""
 
-    def __init__(self, tokenizer_json: str, eos_token_ids: Sequence[int], vocab_size: int | None = None) -> None:
+    def __init__(self, tokenizer_json: str, eos_token_ids: Sequence[int], vocab_size: int | None = None,
+                 threads: int | None = None) -> None:
         self.tokenizer = llguidance.LLTokenizer(tokenizer_json, n_vocab=vocab_size, eos_token=list(eos_token_ids))
         self.vocab_size = self.tokenizer.vocab_size
-        self.executor = llguidance.LLExecutor()
+        self.executor = llguidance.LLExecutor(threads)  # None: llguidance's default, 80% of the CPUs (at most 32)
         self._compiled: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, eos_token_ids: Sequence[int], vocab_size: int | None = None) -> TokenGrammars:
+    def from_tokenizer(cls, tokenizer, eos_token_ids: Sequence[int], vocab_size: int | None = None,
+                       threads: int | None = None) -> TokenGrammars:
         """From a `tokenizers.Tokenizer` (the one `PromptEncoder` holds); `vocab_size` is the model's logits width
-        where it exceeds the tokenizer's."""
-        return cls(tokenizer.to_str(), eos_token_ids, vocab_size)
+        where it exceeds the tokenizer's; `threads` compute a batch's masks (a replica gives its CPU share)."""
+        return cls(tokenizer.to_str(), eos_token_ids, vocab_size, threads)
 
     def matcher(self, constraint: Constraint, param: str = "response_format") -> GrammarMatcher:
         grammar = constraint.grammar
