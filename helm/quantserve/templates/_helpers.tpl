@@ -152,6 +152,6 @@ Serve in place.
 {{- $app := dict "name" "quantserve" "route_prefix" "/" "import_path" "serving.app:build_app" }}
 {{- $_ := set $app "args" (dict "config" (include "quantserve.config" . | fromJson)) }}
 {{- $_ := set $app "runtime_env" (dict "env_vars" $env) }}
-{{- $http := dict "host" "0.0.0.0" "port" .Values.serve.port }}
+{{- $http := dict "host" .Values.serve.host "port" .Values.serve.port }}
 {{- toYaml (dict "proxy_location" "EveryNode" "http_options" $http "applications" (list $app)) }}
 {{- end }}
