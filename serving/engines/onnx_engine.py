@@ -81,6 +81,7 @@ def _merge(first: GenerationOutput, second: GenerationOutput) -> GenerationOutpu
         prompt_tokens=second.prompt_tokens, completion_tokens=second.completion_tokens,
         finish_reason=second.finish_reason, logprobs=first.logprobs + second.logprobs,
         queue_seconds=first.queue_seconds, replica_seconds=second.replica_seconds,
+        prompt_logprobs=first.prompt_logprobs,
     )
 
 

@@ -1,9 +1,14 @@
 """Iteration-level (continuous) batching over a `SlotKVModel`.
 
-One thread owns the model. Each iteration it drops aborted sequences, admits waiting requests into
-free slots (one prefill each, a few per iteration so running streams keep flowing), then runs one
-decode step over every running sequence together. Finished sequences leave at once; the last running
-sequence moves into the freed slot so that running slots stay packed at 0..n-1.
+One thread owns the model. Each iteration it drops aborted sequences, admits waiting requests into free
+slots (one prefill each, a few per iteration so running streams keep flowing), then runs one decode step
+over every running sequence together and samples every row at once (sampling.BatchSampler). Finished
+sequences leave at once; the last running sequence moves into each freed slot, so that running slots stay
+packed at 0..n-1 with one move per departure.
+
+A failure stays with its request: a prefill (its own forward pass), or the sampling, detokenizing or
+logprobs of one sequence, ends that request with a 500 and the others go on. Only a failure of the shared
+decode forward pass ends every running request.
 
 Results cross to the asyncio side through `loop.call_soon_threadsafe`, one event per token.
 """
@@ -16,14 +21,16 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from serving.engines.base import EngineError, GenerationOutput, SamplingParams, TokenLogprob, check_prompt_fits
-from serving.engines.detokenizer import IncrementalDetokenizer
+from serving.engines.detokenizer import IncrementalDetokenizer, TokenBytes
+from serving.engines.logprobs import LogprobWriter
 from serving.engines.onnx_model import SlotKVModel
-from serving.engines.sampling import Sampler, log_softmax
+from serving.engines.sampling import BatchSampler, SequenceSampling
 
 PREFILLS_PER_ITERATION = 2
 logger = logging.getLogger("ray.serve.quantserve.engine")
@@ -37,7 +44,7 @@ class Sequence:
     max_tokens: int
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
-    sampler: Sampler
+    sampling: SequenceSampling
     detokenizer: IncrementalDetokenizer
     submitted: float = field(default_factory=time.monotonic)
     queue_seconds: float = 0.0
@@ -45,21 +52,40 @@ class Sequence:
     length: int = 0  # tokens in this sequence's KV cache
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    failed: bool = False
+    prompt_logprobs: list[TokenLogprob] | None = None  # sent with the first output
+
+    @property
+    def leaving(self) -> bool:
+        return self.finish_reason is not None or self.failed
 
     def publish(self, output: GenerationOutput | EngineError | None) -> None:
         # The consumer's event loop may be gone (its caller gave up); the batcher must go on regardless.
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.events.put_nowait, output)
 
+    def output(self, text: str, token_ids: list[int], logprobs: list[TokenLogprob]) -> GenerationOutput:
+        prompt_logprobs, self.prompt_logprobs = self.prompt_logprobs, None
+        return GenerationOutput(
+            text=text, token_ids=token_ids, prompt_tokens=len(self.prompt_ids), completion_tokens=len(self.generated),
+            finish_reason=self.finish_reason, logprobs=logprobs, queue_seconds=self.queue_seconds,
+            replica_seconds=self.replica_seconds, prompt_logprobs=prompt_logprobs)
+
 
 class ContinuousBatcher:
     def __init__(self, model: SlotKVModel, tokenizer, max_queue: int) -> None:
         self.model, self.tokenizer, self.max_queue = model, tokenizer, max_queue
+        self.sampler = BatchSampler()
+        self.logprobs = LogprobWriter(tokenizer, TokenBytes(tokenizer))
         self.waiting: deque[Sequence] = deque()
+        self.admitting: deque[Sequence] = deque()  # taken from `waiting` this iteration, not prefilled yet
         self.running: list[Sequence] = []
         self.aborted: set[str] = set()
         self.generated_tokens_total = 0
         self.busy_seconds_total = 0.0
+        # Test-only, None in service: called with each sequence before its next token is accepted; an exception
+        # it raises is that sequence's failure (tests fail one request among others with it).
+        self.fault_hook: Callable[[Sequence], None] | None = None
         self._condition = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="continuous-batcher", daemon=True)
@@ -69,9 +95,14 @@ class ContinuousBatcher:
 
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> Sequence:
         max_tokens = check_prompt_fits(len(prompt_ids), params.max_tokens, self.model.context_length)
-        loop = asyncio.get_running_loop()
-        sequence = Sequence(request_id, prompt_ids, params, max_tokens, loop,
-                            asyncio.Queue(), Sampler(params), IncrementalDetokenizer(self.tokenizer, params.stop))
+        sampling = SequenceSampling.start(params, prompt_ids, self.model.shape.eos_token_ids)
+        sequence = Sequence(request_id, prompt_ids, params, max_tokens, asyncio.get_running_loop(), asyncio.Queue(),
+                            sampling, IncrementalDetokenizer(self.tokenizer, params.stop))
+        if max_tokens == 0 and params.prompt_logprobs is None:  # nothing to compute
+            sequence.finish_reason = "length"
+            sequence.publish(sequence.output("", [], []))
+            sequence.publish(None)
+            return sequence
         with self._condition:
             if len(self.waiting) >= self.max_queue:
                 raise EngineError(503, "the replica's queue is full; retry shortly", code="overloaded")
@@ -93,17 +124,18 @@ class ContinuousBatcher:
     # --- the model thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        """The model thread's loop; an unexpected failure ends the running requests, never the thread."""
+        """The model thread's loop. What escapes an iteration (the shared decode pass failing) ends the running
+        and admitted requests, never the thread."""
         while not self._stopping:
             try:
                 self._iterate()
             except Exception:
                 logger.exception("engine step failed; ending the running requests with an error")
-                failure = EngineError(500, "the engine failed while generating; see the replica's log")
-                for sequence in self.running:
-                    sequence.publish(failure)
+                for sequence in [*self.running, *self.admitting]:
+                    sequence.publish(EngineError(500, "the engine failed while generating; see the replica's log",
+                                                 code="engine_error"))
                     sequence.publish(None)
-                self.running = []
+                self.running, self.admitting = [], deque()
 
     def _iterate(self) -> None:
         with self._condition:
@@ -111,13 +143,13 @@ class ContinuousBatcher:
                 self._condition.wait()
             if self._stopping:
                 return
-            admitted = self._take_admissions()
+            self.admitting.extend(self._take_admissions())
             aborted, self.aborted = self.aborted, set()
         self._drop(lambda s, gone=aborted: s.request_id in gone, publish=False)
-        for sequence in admitted:
-            if sequence.request_id in aborted:
-                continue
-            self._prefill(sequence)
+        while self.admitting:
+            sequence = self.admitting.popleft()
+            if sequence.request_id not in aborted:
+                self._prefill(sequence)
         if self.running:
             self._decode_step()
 
@@ -134,15 +166,24 @@ class ContinuousBatcher:
     def _prefill(self, sequence: Sequence) -> None:
         started = time.monotonic()
         sequence.queue_seconds = started - sequence.submitted
-        slot = len(self.running)
         self.running.append(sequence)
         sequence.length = len(sequence.prompt_ids)
-        logits = self.model.forward(slot, np.array([sequence.prompt_ids]), [sequence.length])
+        try:
+            logits = self.model.forward(len(self.running) - 1, np.array([sequence.prompt_ids]), [sequence.length])[0]
+            if sequence.params.prompt_logprobs is not None:
+                sequence.prompt_logprobs = self.logprobs.prompt(logits, sequence.prompt_ids,
+                                                                sequence.params.prompt_logprobs)
+        except Exception:
+            self._fail(sequence, "prefill")
         elapsed = time.monotonic() - started
         sequence.replica_seconds += elapsed
         self.busy_seconds_total += elapsed
-        self._accept(sequence, logits[0, -1])
-        self._drop(lambda s: s.finish_reason is not None, publish=True)
+        if not sequence.failed and sequence.max_tokens == 0:  # the prompt only: its logprobs are the answer
+            sequence.finish_reason = "length"
+            sequence.publish(sequence.output("", [], []))
+        elif not sequence.failed:
+            self._advance([sequence], logits[-1:])
+        self._drop(lambda s: s.leaving, publish=True)
 
     def _decode_step(self) -> None:
         started = time.monotonic()
@@ -152,54 +193,80 @@ class ContinuousBatcher:
         elapsed = time.monotonic() - started
         share = elapsed / len(running)
         self.busy_seconds_total += elapsed
-        for row, sequence in enumerate(running):
+        for sequence in running:
             sequence.length += 1
             sequence.replica_seconds += share
-            self._accept(sequence, logits[row, -1])
-        self._drop(lambda s: s.finish_reason is not None, publish=True)
+        self._advance(running, logits[:, -1])
+        self._drop(lambda s: s.leaving, publish=True)
 
-    def _accept(self, sequence: Sequence, logits: np.ndarray) -> None:
-        """Choose the next token, turn it into text, decide whether the sequence is finished, publish."""
-        token = sequence.sampler.choose(logits)
+    def _advance(self, sequences: list[Sequence], rows: np.ndarray) -> None:
+        """Sample the next token of each sequence (one row of `rows` each) and accept it; a failure ends only
+        the sequence it belongs to."""
+        for sequence, row, choice in zip(sequences, rows, self._sample(sequences, rows), strict=True):
+            try:
+                if isinstance(choice, Exception):
+                    raise choice
+                if self.fault_hook is not None:
+                    self.fault_hook(sequence)
+                self._accept(sequence, row, choice)
+            except Exception:
+                self._fail(sequence, "sampling" if isinstance(choice, Exception) else "generation")
+
+    def _sample(self, sequences: list[Sequence], rows: np.ndarray) -> list[int | Exception]:
+        states = [s.sampling for s in sequences]
+        try:
+            return self.sampler.sample(rows, states)
+        except Exception:
+            logger.exception("sampling the batch failed; sampling its rows one by one")
+            return [self._sample_alone(rows[i : i + 1], state) for i, state in enumerate(states)]
+
+    def _sample_alone(self, row: np.ndarray, state: SequenceSampling) -> int | Exception:
+        try:
+            return self.sampler.sample(row, [state])[0]
+        except Exception as failure:
+            return failure
+
+    def _accept(self, sequence: Sequence, row: np.ndarray, token: int) -> None:
+        """Record the token, turn it into text, decide whether the sequence is finished, publish."""
         sequence.generated.append(token)
+        sequence.sampling.record(token)
         self.generated_tokens_total += 1
-        logprobs = self._logprobs(sequence, logits, token)
-        text = ""
-        if token in self.model.shape.eos_token_ids:
-            sequence.finish_reason = "stop"
-        else:
-            text = sequence.detokenizer.add(token)
-            if sequence.detokenizer.stopped:
-                sequence.finish_reason = "stop"
-            elif len(sequence.generated) >= sequence.max_tokens or sequence.length + 1 >= self.model.context_length:
-                sequence.finish_reason = "length"
+        params, detokenizer = sequence.params, sequence.detokenizer
+        text = detokenizer.add(token, check_stop=len(sequence.generated) >= params.min_tokens)
+        sequence.finish_reason = self._finish_reason(sequence, token)
         if sequence.finish_reason is not None:
-            text += sequence.detokenizer.finish()
-        sequence.publish(GenerationOutput(
-            text=text, token_ids=[token], prompt_tokens=len(sequence.prompt_ids),
-            completion_tokens=len(sequence.generated), finish_reason=sequence.finish_reason, logprobs=logprobs,
-            queue_seconds=sequence.queue_seconds, replica_seconds=sequence.replica_seconds,
-        ))
+            text += detokenizer.finish()
+        logprobs = [] if params.logprobs is None else [
+            self.logprobs.generated(row, token, detokenizer.piece, params.logprobs)]
+        sequence.publish(sequence.output(text, [token], logprobs))
 
-    def _logprobs(self, sequence: Sequence, logits: np.ndarray, token: int) -> list[TokenLogprob]:
-        if sequence.params.logprobs is None:
-            return []
-        values = log_softmax(logits)
-        top = np.argsort(-values)[: sequence.params.logprobs] if sequence.params.logprobs else []
-        decode = self.tokenizer.id_to_token
-        alternatives = tuple((decode(int(t)), float(values[t])) for t in top)
-        return [TokenLogprob(decode(token), float(values[token]), alternatives)]
+    def _finish_reason(self, sequence: Sequence, token: int) -> str | None:
+        if (token in self.model.shape.eos_token_ids and not sequence.params.ignore_eos) or sequence.detokenizer.stopped:
+            return "stop"
+        if len(sequence.generated) >= sequence.max_tokens or sequence.length + 1 >= self.model.context_length:
+            return "length"
+        return None
 
-    def _drop(self, leaving, publish: bool) -> None:
-        """Remove sequences for which `leaving` is true; keep the rest packed in slots 0..n-1."""
-        survivors = []
-        for old_slot, sequence in enumerate(self.running):
-            if leaving(sequence):
-                if publish:
-                    sequence.publish(None)  # end of stream
-                continue
-            slot = len(survivors)
-            if old_slot != slot:
-                self.model.move_slot(old_slot, slot, sequence.length)
-            survivors.append(sequence)
-        self.running = survivors
+    def _fail(self, sequence: Sequence, stage: str) -> None:
+        logger.exception("request %s failed in %s; the other requests go on", sequence.request_id, stage)
+        sequence.failed = True
+        sequence.publish(EngineError(500, f"the engine failed in {stage} for this request; see the replica's log",
+                                     code="engine_error"))
+
+    def _drop(self, leaving: Callable[[Sequence], bool], publish: bool) -> None:
+        """Remove the sequences for which `leaving` is true. Each freed slot below the new count takes the last
+        staying sequence, so one sequence moves per departure and running slots stay packed at 0..n-1."""
+        gone = [leaving(s) for s in self.running]
+        if not any(gone):
+            return
+        if publish:
+            for sequence in (s for s, g in zip(self.running, gone, strict=True) if g):
+                sequence.publish(None)  # end of stream
+        count = len(gone) - sum(gone)
+        holes = [slot for slot in range(count) if gone[slot]]
+        movers = [slot for slot in range(len(gone) - 1, count - 1, -1) if not gone[slot]]
+        packed = self.running[:count]
+        for hole, source in zip(holes, movers, strict=True):
+            self.model.move_slot(source, hole, self.running[source].length)
+            packed[hole] = self.running[source]
+        self.running = packed
