@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from serving.engines.base import (
@@ -26,9 +26,13 @@ from serving.engines.base import (
     TokenLogprob,
     check_prompt_fits,
 )
+from serving.engines.detokenizer import PieceDecoder, TokenBytes
+from serving.engines.logprobs import LogprobWriter
 from serving.engines.prompts import PromptEncoder
+from serving.engines.sampling import GREEDY_BELOW
 
 WARMUP_PROMPT = [1, 2, 3, 4]  # token ids: the first forward pass is slow; pay for it before reporting ready
+VLLM_SEED_RANGE = 2**63  # non-negative signed 64-bit: vLLM reads -1 as "no seed"
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,21 @@ def vllm_environment(config: VllmEngineConfig) -> dict[str, str]:
     if config.cache_dir is not None:
         env["VLLM_CACHE_ROOT"] = str(config.cache_dir)
     return env
+
+
+def vllm_sampling_arguments(params: SamplingParams, max_tokens: int) -> dict:
+    """vLLM SamplingParams arguments that follow the ONNX engine's rules: below 1e-5 the temperature is greedy
+    (vLLM would raise a temperature under 0.01 to 0.01); a seed, any integer, maps to one fixed non-negative
+    64-bit seed; max_tokens 0 (the prompt only) runs one token, which the adapter drops."""
+    return {
+        "max_tokens": max(max_tokens, 1), "min_tokens": params.min_tokens, "ignore_eos": params.ignore_eos,
+        "temperature": 0.0 if params.temperature < GREEDY_BELOW else params.temperature, "top_p": params.top_p,
+        "top_k": params.top_k or 0, "min_p": params.min_p, "stop": list(params.stop),
+        "seed": None if params.seed is None else params.seed % VLLM_SEED_RANGE,
+        "presence_penalty": params.presence_penalty, "frequency_penalty": params.frequency_penalty,
+        "repetition_penalty": params.repetition_penalty, "logprobs": params.logprobs,
+        "prompt_logprobs": params.prompt_logprobs,
+    }
 
 
 def check_hardware(folder: Path) -> None:
@@ -111,6 +130,7 @@ class VllmEngine:
         self.config = config
         self.prompts = PromptEncoder(config.folder)
         self.render_chat, self.encode = self.prompts.render_chat, self.prompts.encode
+        self.logprob_writer = LogprobWriter(self.prompts.tokenizer, TokenBytes(self.prompts.tokenizer))
         self.clock = ProcessorSharingClock()
         self.engine = None
         self.scheduler_stats = None  # the latest vllm SchedulerStats, set by the stat logger
@@ -137,23 +157,31 @@ class VllmEngine:
 
     async def generate(self, request_id: str, prompt: str | list[int],
                        params: SamplingParams) -> AsyncIterator[GenerationOutput]:
+        """Outputs as vLLM gives them. A failure, vLLM's or this adapter's, ends this request alone (closing the
+        stream aborts it in vLLM); only a dead engine ends every request."""
         prompt_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         max_tokens = check_prompt_fits(len(prompt_ids), params.max_tokens, self.config.context_length)
         if self.clock.active >= self.config.max_batch_size + self.config.max_queue:
             raise EngineError(503, "the replica's queue is full; retry shortly", code="overloaded")
         sampling = self._sampling_params(params, max_tokens)
         stream = self.engine.generate({"prompt_token_ids": prompt_ids}, sampling, request_id)
-        mark, completion_tokens = self.clock.enter(), 0
+        mark, completion_tokens, pieces = self.clock.enter(), 0, PieceDecoder(self.prompts.tokenizer)
         try:
             async for output in stream:
+                prompt_logprobs = self._prompt_logprobs(output, prompt_ids, params.prompt_logprobs)
+                if max_tokens == 0:  # the prompt only: the one token vLLM had to generate is dropped
+                    yield GenerationOutput(text="", token_ids=[], prompt_tokens=len(prompt_ids), completion_tokens=0,
+                                           finish_reason="length", queue_seconds=_queue_seconds(output),
+                                           replica_seconds=self.clock.since(mark), prompt_logprobs=prompt_logprobs)
+                    return
                 choice = output.outputs[0]
                 completion_tokens += len(choice.token_ids)
                 self.generated_tokens_total += len(choice.token_ids)
                 yield GenerationOutput(
                     text=choice.text, token_ids=list(choice.token_ids), prompt_tokens=len(prompt_ids),
                     completion_tokens=completion_tokens, finish_reason=_finish_reason(choice.finish_reason),
-                    logprobs=self._logprobs(choice, params.logprobs), queue_seconds=_queue_seconds(output),
-                    replica_seconds=self.clock.since(mark))
+                    logprobs=self._logprobs(choice, params.logprobs, pieces), queue_seconds=_queue_seconds(output),
+                    replica_seconds=self.clock.since(mark), prompt_logprobs=prompt_logprobs)
         except Exception as exc:
             raise _engine_error(exc) from exc
         finally:
@@ -164,21 +192,31 @@ class VllmEngine:
         from vllm import SamplingParams as VllmSamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        return VllmSamplingParams(
-            max_tokens=max_tokens, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or 0,
-            seed=params.seed, stop=list(params.stop), presence_penalty=params.presence_penalty,
-            frequency_penalty=params.frequency_penalty, logprobs=params.logprobs,
-            output_kind=RequestOutputKind.DELTA)
+        return VllmSamplingParams(**vllm_sampling_arguments(params, max_tokens), output_kind=RequestOutputKind.DELTA)
 
-    def _logprobs(self, choice, top: int | None) -> list[TokenLogprob]:
+    def _logprobs(self, choice, top: int | None, pieces: PieceDecoder) -> list[TokenLogprob]:
+        """Entries with our texts (see base.TokenLogprob): `pieces` decodes this request's output tokens."""
         if top is None or not choice.logprobs:
             return []
-        decode, items = self.prompts.tokenizer.id_to_token, []
+        writer, items = self.logprob_writer, []
         for token, candidates in zip(choice.token_ids, choice.logprobs, strict=True):
-            ranked = sorted((c.rank, t, c.logprob) for t, c in candidates.items() if c.rank is not None)
-            alternatives = tuple((decode(t), logprob) for rank, t, logprob in ranked if rank <= top)
-            items.append(TokenLogprob(decode(token), candidates[token].logprob, alternatives))
+            items.append(writer.ranked(pieces.add(token), writer.output_bytes(token), candidates[token].logprob,
+                                       _alternatives(candidates, top)))
+        if choice.finish_reason is not None:
+            items[-1] = replace(items[-1], token=items[-1].token + pieces.flush())
         return items
+
+    def _prompt_logprobs(self, output, prompt_ids: list[int], top: int | None) -> list[TokenLogprob] | None:
+        if top is None or not output.prompt_logprobs:
+            return None
+        writer = self.logprob_writer
+        texts = writer.prompt_texts(prompt_ids)
+        entries = [writer.prompt_start(prompt_ids, texts)]
+        for position in range(1, len(prompt_ids)):
+            token, candidates = prompt_ids[position], output.prompt_logprobs[position]
+            entries.append(writer.ranked(texts[position], writer.token_bytes.raw(token), candidates[token].logprob,
+                                         _alternatives(candidates, top)))
+        return entries
 
     def abort(self, request_id: str) -> None:
         import asyncio
@@ -219,6 +257,12 @@ def stats_sink_factory(engine: VllmEngine):
             pass
 
     return SchedulerStatsSink
+
+
+def _alternatives(candidates: dict, top: int) -> list[tuple[int, float]]:
+    """The `top` best of a vLLM position's {token id: Logprob} (which also holds the chosen token), best first."""
+    ranked = sorted((c.rank, t, c.logprob) for t, c in candidates.items() if c.rank is not None and c.rank <= top)
+    return [(t, logprob) for _, t, logprob in ranked]
 
 
 def _finish_reason(reason: str | None) -> str | None:
