@@ -14,9 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from serving.protocol import ApiError
+
+if TYPE_CHECKING:
+    from serving.engines.grammar import Constraint
 
 MAX_LOGPROBS = 20  # vLLM's default max_logprobs
 
@@ -41,6 +44,8 @@ class SamplingParams:
     min_tokens: int = 0  # end-of-sequence and stop strings are ignored until this many tokens
     ignore_eos: bool = False
     prompt_logprobs: int | None = None  # None: none; k: each prompt token's logprob plus the top k
+    constraint: Constraint | None = None  # response_format or a forced tool call (serving.engines.grammar)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), from grammar.parse_logit_bias
 
     def __post_init__(self) -> None:
         for name, holds, rule in self._rules():
@@ -66,11 +71,14 @@ class SamplingParams:
             ("logprobs", optional_range(self.logprobs, 0, MAX_LOGPROBS), f"in [0, {MAX_LOGPROBS}]"),
             ("prompt_logprobs", optional_range(self.prompt_logprobs, 0, MAX_LOGPROBS), f"in [0, {MAX_LOGPROBS}]"),
             ("stop", all(self.stop), "a list of non-empty strings"),
+            ("logit_bias", all(t >= 0 and -100 <= b <= 100 for t, b in self.logit_bias),
+             "token ids with biases in [-100, 100]"),
         )
 
     @classmethod
     def from_dict(cls, values: dict) -> SamplingParams:
-        return cls(**{**values, "stop": tuple(values.get("stop") or ())})
+        return cls(**{**values, "stop": tuple(values.get("stop") or ()),
+                      "logit_bias": tuple(values.get("logit_bias") or ())})
 
 
 @dataclass(frozen=True)

@@ -188,39 +188,43 @@ def mask_logits(logits: np.ndarray, allowed: np.ndarray) -> None:
 # --- logit bias ------------------------------------------------------------------------------------------------
 
 
+def parse_logit_bias(bias: Mapping[str, float] | None) -> tuple[tuple[int, float], ...]:
+    """The request's `logit_bias` (token id, a JSON object key so a string, -> bias) as (id, bias) pairs; a
+    `ConstraintError` for a key that is not a token id or a bias outside OpenAI's [-100, 100]. Whether the ids are
+    in the vocabulary is for the engine to say (`LogitBias.for_vocabulary`)."""
+    pairs = []
+    for key, value in (bias or {}).items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise ConstraintError(f"logit_bias keys must be token ids, got {key!r}", "logit_bias") from None
+        if token < 0:
+            raise ConstraintError(f"logit_bias keys must be token ids, got {key!r}", "logit_bias")
+        if not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:
+            raise ConstraintError(f"logit_bias values must be between -100 and 100, got {value} for token {key}",
+                                  "logit_bias")
+        pairs.append((token, float(value)))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True)
 class LogitBias:
-    """`logit_bias`: values added to the logits of the named tokens before sampling (-100 bans a token in
-    practice, as with OpenAI; the sum is not clamped, as vLLM does not)."""
+    """`logit_bias` for one sequence: values added to the logits of the named tokens before sampling (-100 bans a
+    token in practice, as with OpenAI; the sum is not clamped, as vLLM does not)."""
 
     token_ids: np.ndarray  # int64
     values: np.ndarray  # float32
 
     @classmethod
-    def from_request(cls, bias: Mapping[str, float] | None, vocab_size: int) -> LogitBias | None:
-        """From the request's map of token id (a JSON object key, so a string) to bias; None if empty."""
-        if not bias:
+    def for_vocabulary(cls, pairs: Sequence[tuple[int, float]], vocab_size: int) -> LogitBias | None:
+        """From `parse_logit_bias`'s pairs; None if there are none, a `ConstraintError` for an id outside the
+        vocabulary."""
+        if not pairs:
             return None
-        ids, values = [], []
-        for key, value in bias.items():
-            token = _token_id(key, vocab_size)
-            if not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:
-                raise ConstraintError(f"logit_bias values must be between -100 and 100, got {value} for token {key}",
-                                      "logit_bias")
-            ids.append(token)
-            values.append(value)
-        return cls(np.asarray(ids, np.int64), np.asarray(values, np.float32))
+        if outside := sorted({token for token, _ in pairs if not 0 <= token < vocab_size}):
+            raise ConstraintError(f"logit_bias names tokens outside the vocabulary (0 to {vocab_size - 1}): "
+                                  f"{', '.join(map(str, outside))}", "logit_bias")
+        return cls(np.array([t for t, _ in pairs], np.int64), np.array([v for _, v in pairs], np.float32))
 
     def apply(self, row: np.ndarray) -> None:
         np.add.at(row, self.token_ids, self.values)  # add.at: a token named twice (e.g. "5" and "05") adds twice
-
-
-def _token_id(key: str | int, vocab_size: int) -> int:
-    try:
-        token = int(key)
-    except (TypeError, ValueError):
-        raise ConstraintError(f"logit_bias keys must be token ids, got {key!r}", "logit_bias") from None
-    if not 0 <= token < vocab_size:
-        raise ConstraintError(f"logit_bias names token {token}, outside the vocabulary (0 to {vocab_size - 1})",
-                              "logit_bias")
-    return token

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving.engines.base import EngineError, EngineStats, GenerationOutput, SamplingParams
+from serving.engines.grammar import TokenGrammars
 from serving.engines.onnx_model import SlotKVModel
 from serving.engines.prompts import PromptEncoder
 from serving.engines.scheduler import ContinuousBatcher
@@ -29,7 +30,9 @@ class OnnxEngine:
         self.prompts = PromptEncoder(config.folder)
         self.render_chat, self.encode = self.prompts.render_chat, self.prompts.encode
         model = SlotKVModel(config.folder, config.max_batch_size, config.context_length, config.threads)
-        self.batcher = ContinuousBatcher(model, self.prompts.tokenizer, config.max_queue)
+        grammars = TokenGrammars.from_tokenizer(self.prompts.tokenizer, model.shape.eos_token_ids,
+                                                model.shape.vocab_size, config.threads)
+        self.batcher = ContinuousBatcher(model, self.prompts.tokenizer, config.max_queue, grammars)
 
     async def start(self) -> None:
         return None

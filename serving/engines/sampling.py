@@ -1,5 +1,7 @@
 """Next-token choice for the whole running batch at once, in vLLM's order:
 
+0. constraints: a sequence with a grammar (response_format, a forced tool call) has every token that would break
+   it masked, the masks of all such rows computed in one call (grammar.TokenGrammars); `logit_bias` is added;
 1. `min_tokens`: the end-of-sequence tokens are masked until the sequence has that many tokens;
 2. penalties: repetition (over prompt and output tokens: a positive logit divided by it, a negative one
    multiplied), then frequency (times the token's count) and presence (once) over output tokens;
@@ -24,6 +26,7 @@ import numpy as np
 
 from serving.engines.base import SamplingParams
 from serving.engines.block_probabilities import BlockProbabilities
+from serving.engines.grammar import GrammarMatcher, LogitBias, TokenGrammars, mask_logits
 
 GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS
 BLOCK = 256
@@ -36,22 +39,29 @@ class SamplingFailed(Exception):
     """This row could not be sampled (its logits hold no finite value)."""
 
 
+class GrammarRefused(Exception):
+    """The grammar refused a token the sampler chose (its mask should have ruled it out)."""
+
+
 @dataclass
 class SequenceSampling:
-    """What the sampler keeps for one sequence: its parameters, generator and token counts."""
+    """What the sampler keeps for one sequence: its parameters, generator, token counts, grammar and bias."""
 
     params: SamplingParams
     eos_token_ids: tuple[int, ...]
     generator: np.random.Generator | None = None
+    grammar: GrammarMatcher | None = None
+    bias: LogitBias | None = None
     generated: int = 0
     counts: dict[int, int] = field(default_factory=dict)  # output tokens
     seen: list[int] = field(default_factory=list)  # prompt and output tokens, each once (repetition penalty)
     seen_set: set[int] = field(default_factory=set)
 
     @classmethod
-    def start(cls, params: SamplingParams, prompt_ids: list[int], eos_token_ids: tuple[int, ...]) -> SequenceSampling:
+    def start(cls, params: SamplingParams, prompt_ids: list[int], eos_token_ids: tuple[int, ...],
+              grammar: GrammarMatcher | None = None, bias: LogitBias | None = None) -> SequenceSampling:
         generator = None if params.seed is None else np.random.default_rng(params.seed % SEED_RANGE)
-        state = cls(params, eos_token_ids, generator)
+        state = cls(params, eos_token_ids, generator, grammar, bias)
         if params.repetition_penalty != 1.0:
             state.seen_set = set(prompt_ids)
             state.seen = sorted(state.seen_set)
@@ -66,12 +76,19 @@ class SequenceSampling:
         """min-p or top-k: the sampler exponentiates only what they keep."""
         return bool(self.params.top_k) or self.params.min_p > 0.0
 
+    @property
+    def complete(self) -> bool:
+        """The grammar is satisfied and nothing may follow: the sequence ends here."""
+        return self.grammar is not None and self.grammar.is_finished()
+
     def adjusts(self) -> bool:
         p = self.params
-        return (self.generated < p.min_tokens or p.repetition_penalty != 1.0
+        return (self.bias is not None or self.generated < p.min_tokens or p.repetition_penalty != 1.0
                 or (bool(self.counts) and (p.presence_penalty != 0.0 or p.frequency_penalty != 0.0)))
 
     def record(self, token: int) -> None:
+        if self.grammar is not None and not self.grammar.accept(token):
+            raise GrammarRefused(f"the grammar refused token {token}: {self.grammar.error()}")
         self.generated += 1
         self.counts[token] = self.counts.get(token, 0) + 1
         if self.params.repetition_penalty != 1.0 and token not in self.seen_set:
@@ -79,8 +96,10 @@ class SequenceSampling:
             self.seen.append(token)
 
     def adjust(self, row: np.ndarray) -> None:
-        """Steps 1 and 2 on this sequence's logits row, in place."""
+        """The bias of step 0, steps 1 and 2 on this sequence's logits row, in place."""
         p = self.params
+        if self.bias is not None:
+            self.bias.apply(row)
         if self.generated < p.min_tokens:
             row[list(self.eos_token_ids)] = -np.inf
         if p.repetition_penalty != 1.0 and self.seen:
@@ -94,8 +113,9 @@ class SequenceSampling:
 
 
 class BatchSampler:
-    def __init__(self, generator: np.random.Generator | None = None) -> None:
+    def __init__(self, generator: np.random.Generator | None = None, grammars: TokenGrammars | None = None) -> None:
         self.generator = generator or np.random.default_rng()  # for the rows without a seed
+        self.grammars = grammars  # computes the masks of the rows that have a grammar
         self._block_probabilities: dict[int, BlockProbabilities] = {}  # by vocabulary size
 
     def sample(self, logits: np.ndarray, states: list[SequenceSampling]) -> list[int | SamplingFailed]:
@@ -120,12 +140,16 @@ class BatchSampler:
                 choices[i] = self._selected(logits[i], maxima[i], states[i])
         return choices
 
-    @staticmethod
-    def _adjusted(logits: np.ndarray, states: list[SequenceSampling]) -> np.ndarray:
+    def _adjusted(self, logits: np.ndarray, states: list[SequenceSampling]) -> np.ndarray:
         adjusting = [i for i, state in enumerate(states) if state.adjusts()]
-        if not adjusting:
+        constrained = [i for i, state in enumerate(states) if state.grammar is not None]
+        if not adjusting and not constrained:
             return logits
         logits = logits.astype(np.float32, copy=True)
+        if constrained:
+            masks = self.grammars.allowed_tokens_masks([states[i].grammar for i in constrained])
+            for i, allowed in zip(constrained, masks, strict=True):
+                mask_logits(logits[i], allowed)
         for i in adjusting:
             states[i].adjust(logits[i])
         return logits

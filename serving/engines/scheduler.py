@@ -28,6 +28,7 @@ import numpy as np
 
 from serving.engines.base import EngineError, GenerationOutput, SamplingParams, TokenLogprob, check_prompt_fits
 from serving.engines.detokenizer import IncrementalDetokenizer, TokenBytes
+from serving.engines.grammar import ConstraintError, LogitBias, TokenGrammars
 from serving.engines.logprobs import LogprobWriter
 from serving.engines.onnx_model import SlotKVModel
 from serving.engines.sampling import BatchSampler, SequenceSampling
@@ -73,9 +74,10 @@ class Sequence:
 
 
 class ContinuousBatcher:
-    def __init__(self, model: SlotKVModel, tokenizer, max_queue: int) -> None:
+    def __init__(self, model: SlotKVModel, tokenizer, max_queue: int, grammars: TokenGrammars | None = None) -> None:
         self.model, self.tokenizer, self.max_queue = model, tokenizer, max_queue
-        self.sampler = BatchSampler()
+        self.grammars = grammars  # None: no constrained decoding (a request with a constraint is refused)
+        self.sampler = BatchSampler(grammars=grammars)
         self.logprobs = LogprobWriter(tokenizer, TokenBytes(tokenizer))
         self.waiting: deque[Sequence] = deque()
         self.admitting: deque[Sequence] = deque()  # taken from `waiting` this iteration, not prefilled yet
@@ -95,7 +97,7 @@ class ContinuousBatcher:
 
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> Sequence:
         max_tokens = check_prompt_fits(len(prompt_ids), params.max_tokens, self.model.context_length)
-        sampling = SequenceSampling.start(params, prompt_ids, self.model.shape.eos_token_ids)
+        sampling = self._sampling(params, prompt_ids)
         sequence = Sequence(request_id, prompt_ids, params, max_tokens, asyncio.get_running_loop(), asyncio.Queue(),
                             sampling, IncrementalDetokenizer(self.tokenizer, params.stop))
         if max_tokens == 0 and params.prompt_logprobs is None:  # nothing to compute
@@ -109,6 +111,18 @@ class ContinuousBatcher:
             self.waiting.append(sequence)
             self._condition.notify()
         return sequence
+
+    def _sampling(self, params: SamplingParams, prompt_ids: list[int]) -> SequenceSampling:
+        """The sequence's sampler state, its grammar compiled here so that a constraint the engine cannot take is
+        a 400 before the request queues."""
+        try:
+            if params.constraint is not None and self.grammars is None:
+                raise ConstraintError("this engine has no constrained decoding", "response_format")
+            grammar = None if params.constraint is None else self.grammars.matcher(params.constraint)
+            bias = LogitBias.for_vocabulary(params.logit_bias, self.model.shape.vocab_size)
+        except ConstraintError as refused:
+            raise EngineError(400, refused.message, param=refused.param, code="invalid_request") from None
+        return SequenceSampling.start(params, prompt_ids, self.model.shape.eos_token_ids, grammar, bias)
 
     def abort(self, request_id: str) -> None:
         with self._condition:
@@ -242,6 +256,8 @@ class ContinuousBatcher:
 
     def _finish_reason(self, sequence: Sequence, token: int) -> str | None:
         if (token in self.model.shape.eos_token_ids and not sequence.params.ignore_eos) or sequence.detokenizer.stopped:
+            return "stop"
+        if sequence.sampling.complete:  # the grammar allows nothing more: no need for a step to draw the end
             return "stop"
         if len(sequence.generated) >= sequence.max_tokens or sequence.length + 1 >= self.model.context_length:
             return "length"

@@ -27,6 +27,7 @@ from serving.engines.base import (
     check_prompt_fits,
 )
 from serving.engines.detokenizer import PieceDecoder, TokenBytes
+from serving.engines.grammar import Constraint
 from serving.engines.logprobs import LogprobWriter
 from serving.engines.prompts import PromptEncoder
 from serving.engines.sampling import GREEDY_BELOW
@@ -68,8 +69,10 @@ def vllm_environment(config: VllmEngineConfig) -> dict[str, str]:
 def vllm_sampling_arguments(params: SamplingParams, max_tokens: int) -> dict:
     """vLLM SamplingParams arguments that follow the ONNX engine's rules: below 1e-5 the temperature is greedy
     (vLLM would raise a temperature under 0.01 to 0.01); a seed, any integer, maps to one fixed non-negative
-    64-bit seed; max_tokens 0 (the prompt only) runs one token, which the adapter drops."""
+    64-bit seed; max_tokens 0 (the prompt only) runs one token, which the adapter drops. A constraint becomes the
+    arguments of vLLM's StructuredOutputsParams (`structured_outputs`), for its guidance backend."""
     return {
+        "logit_bias": dict(params.logit_bias) or None, "structured_outputs": structured_outputs(params.constraint),
         "max_tokens": max(max_tokens, 1), "min_tokens": params.min_tokens, "ignore_eos": params.ignore_eos,
         "temperature": 0.0 if params.temperature < GREEDY_BELOW else params.temperature, "top_p": params.top_p,
         "top_k": params.top_k or 0, "min_p": params.min_p, "stop": list(params.stop),
@@ -78,6 +81,14 @@ def vllm_sampling_arguments(params: SamplingParams, max_tokens: int) -> dict:
         "repetition_penalty": params.repetition_penalty, "logprobs": params.logprobs,
         "prompt_logprobs": params.prompt_logprobs,
     }
+
+
+def structured_outputs(constraint: Constraint | None) -> dict | None:
+    """A constraint as StructuredOutputsParams arguments: a JSON schema (its `x-guidance` options ride along) or
+    a Lark grammar, which vLLM's guidance backend hands to llguidance as the ONNX engine does."""
+    if constraint is None:
+        return None
+    return {"grammar": constraint.lark} if constraint.lark is not None else {"json": dict(constraint.json_schema)}
 
 
 def check_hardware(folder: Path) -> None:
@@ -142,6 +153,7 @@ class VllmEngine:
         check_hardware(self.config.folder)
         os.environ.update(vllm_environment(self.config))
         from vllm import AsyncEngineArgs
+        from vllm.config import StructuredOutputsConfig
         from vllm.v1.engine.async_llm import AsyncLLM
 
         config = self.config
@@ -150,6 +162,7 @@ class VllmEngine:
             max_model_len=config.context_length, max_num_seqs=config.max_batch_size,
             enforce_eager=config.enforce_eager, gpu_memory_utilization=config.gpu_memory_utilization,
             tensor_parallel_size=config.tensor_parallel_size, seed=0,
+            structured_outputs_config=StructuredOutputsConfig(backend="guidance"),  # the ONNX engine's llguidance
             distributed_executor_backend="mp" if config.tensor_parallel_size > 1 else None)
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[stats_sink_factory(self)])
         async for _ in self.generate("warmup", WARMUP_PROMPT, SamplingParams(max_tokens=2, temperature=0)):
@@ -190,9 +203,12 @@ class VllmEngine:
 
     def _sampling_params(self, params: SamplingParams, max_tokens: int):
         from vllm import SamplingParams as VllmSamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        return VllmSamplingParams(**vllm_sampling_arguments(params, max_tokens), output_kind=RequestOutputKind.DELTA)
+        arguments = vllm_sampling_arguments(params, max_tokens)
+        if arguments["structured_outputs"] is not None:
+            arguments["structured_outputs"] = StructuredOutputsParams(**arguments["structured_outputs"])
+        return VllmSamplingParams(**arguments, output_kind=RequestOutputKind.DELTA)
 
     def _logprobs(self, choice, top: int | None, pieces: PieceDecoder) -> list[TokenLogprob]:
         """Entries with our texts (see base.TokenLogprob): `pieces` decodes this request's output tokens."""

@@ -15,6 +15,7 @@ from serving.engines.grammar import (
     json_object_constraint,
     json_schema_constraint,
     mask_logits,
+    parse_logit_bias,
 )
 from tests.helpers.small_tokenizer import END_OF_SEQUENCE, unit_tokenizer
 
@@ -178,15 +179,21 @@ def test_an_invalid_schema_is_refused_in_either_mode(schema):
 
 
 def test_logit_bias_adds_to_the_named_tokens():
-    bias = LogitBias.from_request({"5": -100, "7": 2.5}, vocab_size=10)
+    bias = LogitBias.for_vocabulary(parse_logit_bias({"5": -100, "7": 2.5}), vocab_size=10)
     row = np.zeros(10, np.float32)
     bias.apply(row)
     assert row[5] == -100 and row[7] == 2.5 and np.count_nonzero(row) == 2
-    assert LogitBias.from_request({}, vocab_size=10) is None
+    assert LogitBias.for_vocabulary(parse_logit_bias({}), vocab_size=10) is None
 
 
-@pytest.mark.parametrize("bias", [{"10": 1.0}, {"-1": 1.0}, {"x": 1.0}, {"3": 100.5}])
-def test_logit_bias_outside_the_vocabulary_or_range_is_refused(bias):
+@pytest.mark.parametrize("bias", [{"-1": 1.0}, {"x": 1.0}, {"3": 100.5}, {"3": -101}])
+def test_logit_bias_that_is_not_token_ids_and_biases_is_refused(bias):
     with pytest.raises(ConstraintError) as refused:
-        LogitBias.from_request(bias, vocab_size=10)
+        parse_logit_bias(bias)
     assert refused.value.param == "logit_bias"
+
+
+def test_logit_bias_outside_the_vocabulary_is_refused_by_the_engine():
+    with pytest.raises(ConstraintError) as refused:
+        LogitBias.for_vocabulary(parse_logit_bias({"3": 1.0, "10": 1.0}), vocab_size=10)
+    assert "10" in refused.value.message and refused.value.param == "logit_bias"
