@@ -19,10 +19,12 @@ import logging
 import random
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import gevent
 import requests
+from gevent import GreenletExit
 from locust import HttpUser, constant, events, task
 
 from loadtest.measure import accepted, measure_stream, read_embeddings, slo_miss
@@ -177,6 +179,16 @@ class OpenAIUser(HttpUser):
         record.end_s = time.time()
         self.shared.write(record)
 
+    @contextmanager
+    def _unfinished_recorded(self, record: RequestRecord):
+        """A request still running when Locust stops this user (the step's stop timeout) is a failure, not a gap."""
+        try:
+            yield
+        except GreenletExit:
+            record.ok, record.error = False, "unfinished: the step's stop timeout ended it before its response"
+            self._finish(record)
+            raise
+
 
 class ChatStreamUser(OpenAIUser):
     @task
@@ -188,8 +200,9 @@ class ChatStreamUser(OpenAIUser):
         prompt, max_tokens = self.shared.prompts.take(), self.shared.sample_max_tokens()
         record = self._new_record("chat", options.model, prompt.id, max_tokens, slot)
         body = chat_request(options.model, prompt.messages, max_tokens, options.temperature, options.ignore_eos)
-        with self.client.post("/v1/chat/completions", json=body, stream=True, catch_response=True,
-                              name=f"chat {options.model}", timeout=(5, options.request_timeout)) as response:
+        with self._unfinished_recorded(record), self.client.post(
+                "/v1/chat/completions", json=body, stream=True, catch_response=True, name=f"chat {options.model}",
+                timeout=(5, options.request_timeout)) as response:
             self._read_stream(response, record, slot.due_s)
         self._finish(record)
         if record.ok:
@@ -233,8 +246,9 @@ class EmbeddingsUser(OpenAIUser):
         model = self.shared.options.embedding_model
         prompt = self.shared.prompts.take()
         record = self._new_record("embeddings", model, prompt.id, 0, slot)
-        with self.client.post("/v1/embeddings", json={"model": model, "input": prompt.text}, catch_response=True,
-                              name=f"embeddings {model}", timeout=(5, self.shared.options.request_timeout)) as response:
+        with self._unfinished_recorded(record), self.client.post(
+                "/v1/embeddings", json={"model": model, "input": prompt.text}, catch_response=True,
+                name=f"embeddings {model}", timeout=(5, self.shared.options.request_timeout)) as response:
             record.e2e_ms = (time.perf_counter() - slot.due_s) * 1000
             if accepted(response, record):
                 read_embeddings(response.json(), record)
