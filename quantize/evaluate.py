@@ -6,6 +6,7 @@ produces the reference continuations once per source; every variant is scored ag
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from quantize.fidelity import block_sums, delta_percent, perplexity_interval
 from quantserve.manifest import Quality, atomic_write_text
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -28,10 +30,19 @@ class Reference:
     prompts: list[list[int]]
     continuations: list[list[int]]
     base_predictions: list[list[int]]
+    base_quality: Quality
 
 
 def heldout_text() -> str:
     return (DATA_DIR / "heldout.txt").read_text(encoding="utf-8")
+
+
+def eval_data_hash() -> str:
+    """Hash of what quality is measured on: figures measured on other data are not comparable."""
+    digest = hashlib.sha256()
+    for name in ("heldout.txt", "prompts.jsonl"):
+        digest.update((DATA_DIR / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def agreement_prompts() -> list[list[dict]]:
@@ -39,24 +50,35 @@ def agreement_prompts() -> list[list[dict]]:
     return [json.loads(line)["messages"] for line in lines if line.strip()]
 
 
-def perplexity_from_logits(logits: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
-    """Sum of negative log-likelihoods of targets (one per logits row) and their count."""
+def token_losses(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Negative log-likelihood of each target (one per logits row)."""
     logits = logits.astype(np.float64)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    return float(-log_probs[np.arange(len(targets)), targets].sum()), len(targets)
+    return -log_probs[np.arange(len(targets)), targets]
 
 
-def windowed_perplexity(token_ids: list[int], logits_fn, label: str) -> tuple[float, int]:
-    """Perplexity over non-overlapping windows; logits_fn(ids) returns [len(ids), vocab] logits."""
-    nll, count = 0.0, 0
+def windowed_losses(token_ids: list[int], logits_fn, label: str) -> np.ndarray:
+    """Loss of every token but the first, over non-overlapping windows; logits_fn(ids) gives [len(ids), vocab]."""
+    losses = []
     starts = range(0, len(token_ids) - 1, PPL_WINDOW)
     for start in tqdm(starts, desc=f"  [{label}] perplexity", unit="window", leave=False):
         window = token_ids[start : start + PPL_WINDOW + 1]
-        logits = logits_fn(window[:-1])
-        window_nll, window_count = perplexity_from_logits(logits, np.array(window[1:]))
-        nll, count = nll + window_nll, count + window_count
-    return float(np.exp(nll / count)), count
+        losses.append(token_losses(logits_fn(window[:-1]), np.array(window[1:])))
+    return np.concatenate(losses)
+
+
+def text_quality(losses: np.ndarray, agreement: float, prompts: int, base: Quality | None) -> Quality:
+    """Perplexity with its interval, and (given the base's blocks) its change against the base."""
+    blocks, counts = block_sums(losses)
+    quality = Quality(perplexity=float(np.exp(losses.mean())), perplexity_interval=perplexity_interval(blocks, counts),
+                      block_nll=blocks, eval_tokens=len(losses), eval_data_sha256=eval_data_hash(),
+                      greedy_agreement=agreement, agreement_prompts=prompts)
+    if base is not None and base.block_nll is not None:
+        delta, low, high = delta_percent(blocks, base.block_nll, counts)
+        quality = quality.model_copy(update={"perplexity_delta_pct": delta,
+                                             "perplexity_delta_interval_pct": (low, high)})
+    return quality
 
 
 def teacher_forced_predictions(prompt: list[int], continuation: list[int], logits_fn) -> list[int]:
@@ -90,36 +112,50 @@ def torch_logits_fn(model):
     return logits_fn
 
 
+def greedy_continuations(model, pad_id: int, prompts: list[list[int]], batch_size: int = 8) -> list[list[int]]:
+    """CONTINUATION_TOKENS greedy tokens after each prompt, generated in left-padded batches (several times faster
+    on CPU than one prompt at a time; the attention mask keeps padding out of every row's result)."""
+    import torch
+
+    continuations = []
+    batches = range(0, len(prompts), batch_size)
+    for start in tqdm(batches, desc="  [base] reference continuations", unit="batch", leave=False):
+        batch = prompts[start : start + batch_size]
+        width = max(len(ids) for ids in batch)
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=CONTINUATION_TOKENS,
+                                 min_new_tokens=CONTINUATION_TOKENS, do_sample=False, pad_token_id=pad_id)
+        continuations.extend(row[width:].tolist() for row in out)
+    return continuations
+
+
 def build_reference(base_dir: Path, cache_path: Path, source_sha: str) -> tuple[Reference, Quality]:
-    """Greedy continuations and perplexity of the base model, cached per source hash."""
+    """Greedy continuations and perplexity of the base model, cached per source and evaluation data."""
     if cache_path.is_file():
         cached = json.loads(cache_path.read_text())
-        if cached.get("source_sha256") == source_sha:
-            reference = Reference(cached["prompts"], cached["continuations"], cached["base_predictions"])
-            return reference, Quality(**cached["quality"])
+        if cached.get("source_sha256") == source_sha and cached.get("eval_data_sha256") == eval_data_hash():
+            quality = Quality(**cached["quality"])
+            reference = Reference(cached["prompts"], cached["continuations"], cached["base_predictions"], quality)
+            return reference, quality
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
-    prompts, continuations = [], []
-    for messages in tqdm(agreement_prompts(), desc="  [base] reference continuations", unit="prompt", leave=False):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), max_new_tokens=CONTINUATION_TOKENS,
-                                 min_new_tokens=CONTINUATION_TOKENS, do_sample=False,
-                                 pad_token_id=tokenizer.eos_token_id)
-        prompts.append(ids)
-        continuations.append(out[0, len(ids) :].tolist())
+    prompts = [tokenizer(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+                         add_special_tokens=False)["input_ids"] for messages in agreement_prompts()]
+    continuations = greedy_continuations(model, tokenizer.eos_token_id, prompts)
     logits_fn = torch_logits_fn(model)
     predictions = [teacher_forced_predictions(p, c, logits_fn) for p, c in zip(prompts, continuations, strict=True)]
-    reference = Reference(prompts, continuations, predictions)
     heldout_ids = tokenizer(heldout_text(), add_special_tokens=False)["input_ids"]
-    ppl, count = windowed_perplexity(heldout_ids, logits_fn, "base")
-    quality = Quality(perplexity=ppl, eval_tokens=count, greedy_agreement=greedy_agreement(reference, logits_fn))
-    payload = {"source_sha256": source_sha, "prompts": prompts, "continuations": continuations,
-               "base_predictions": predictions, "quality": quality.model_dump()}
+    losses = windowed_losses(heldout_ids, logits_fn, "base")
+    quality = text_quality(losses, 1.0, len(prompts), None)
+    quality = quality.model_copy(update={"perplexity_delta_pct": 0.0, "perplexity_delta_interval_pct": (0.0, 0.0)})
+    reference = Reference(prompts, continuations, predictions, quality)
+    payload = {"source_sha256": source_sha, "eval_data_sha256": eval_data_hash(), "prompts": prompts,
+               "continuations": continuations, "base_predictions": predictions, "quality": quality.model_dump()}
     atomic_write_text(cache_path, json.dumps(payload) + "\n")
     return reference, quality
 
@@ -153,8 +189,9 @@ def evaluate_onnx(onnx_dir: Path, reference: Reference, label: str) -> Quality:
     tokenizer.no_truncation()
     logits_fn = onnx_logits_fn(onnx_dir)
     ids = tokenizer.encode(heldout_text(), add_special_tokens=False).ids
-    ppl, count = windowed_perplexity(ids, logits_fn, label)
-    return Quality(perplexity=ppl, eval_tokens=count, greedy_agreement=greedy_agreement(reference, logits_fn))
+    losses = windowed_losses(ids, logits_fn, label)
+    agreement = greedy_agreement(reference, logits_fn)
+    return text_quality(losses, agreement, len(reference.prompts), reference.base_quality)
 
 
 # --- embedding variants ---------------------------------------------------------------------------

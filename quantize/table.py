@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from quantserve.manifest import ModelManifest
+from quantserve.manifest import ModelManifest, Quality
 
-HEADERS = ["variant", "format", "bits", "size MB", "x fp16", "ppl", "ppl delta", "agreement", "build s"]
+HEADERS = ["variant", "format", "bits", "size MB", "x fp16", "ppl (95% CI)", "ppl Δ% (95% CI)", "agreement",
+           "build s"]
 
 
 def fp16_bytes(manifest: ModelManifest) -> int:
@@ -14,11 +15,9 @@ def fp16_bytes(manifest: ModelManifest) -> int:
 
 def table_rows(manifest: ModelManifest) -> list[list[str]]:
     reference = fp16_bytes(manifest)
-    base_ppl = _reference_perplexity(manifest)
     rows = []
     for name, variant in sorted(manifest.variants.items(), key=lambda item: -item[1].total_bytes):
         quality = variant.quality
-        ppl = quality.perplexity
         rows.append(
             [
                 name,
@@ -26,8 +25,8 @@ def table_rows(manifest: ModelManifest) -> list[list[str]]:
                 str(variant.bits),
                 f"{variant.total_bytes / 1e6:.1f}",
                 f"{variant.total_bytes / reference:.2f}" if reference else "-",
-                f"{ppl:.2f}" if ppl is not None else "-",
-                f"{ppl - base_ppl:+.2f}" if ppl is not None and base_ppl is not None else "-",
+                perplexity_cell(quality),
+                delta_cell(quality),
                 _agreement(quality.greedy_agreement, quality.cosine_to_reference),
                 f"{variant.build_seconds:.0f}",
             ]
@@ -35,11 +34,23 @@ def table_rows(manifest: ModelManifest) -> list[list[str]]:
     return rows
 
 
-def _reference_perplexity(manifest: ModelManifest) -> float | None:
-    for name in ("base", "onnx-fp32"):
-        if name in manifest.variants and manifest.variants[name].quality.perplexity is not None:
-            return manifest.variants[name].quality.perplexity
-    return None
+def perplexity_cell(quality: Quality) -> str:
+    if quality.perplexity is None:
+        return "-"
+    if quality.perplexity_interval is None:
+        return f"{quality.perplexity:.2f}"
+    low, high = quality.perplexity_interval
+    return f"{quality.perplexity:.2f} ({low:.2f}–{high:.2f})"
+
+
+def delta_cell(quality: Quality) -> str:
+    """Change against the base model in %, with its paired interval; '-' when not measured that way."""
+    if quality.perplexity_delta_pct is None or quality.perplexity_delta_interval_pct is None:
+        return "-"
+    low, high = quality.perplexity_delta_interval_pct
+    if low == high == quality.perplexity_delta_pct:
+        return f"{quality.perplexity_delta_pct:+.1f}"
+    return f"{quality.perplexity_delta_pct:+.1f} ({low:+.1f} to {high:+.1f})"
 
 
 def _agreement(greedy: float | None, cosine: float | None) -> str:

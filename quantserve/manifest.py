@@ -27,9 +27,20 @@ class FileRecord(BaseModel):
 
 
 class Quality(BaseModel):
-    perplexity: float | None = Field(None, description="On quantize/data/heldout.txt")
+    """How close a variant is to the base model, measured on `eval_data_sha256`'s held-out text and prompts."""
+
+    perplexity: float | None = Field(None, description="On quantize/data/heldout.txt, 512-token windows")
+    perplexity_interval: tuple[float, float] | None = Field(
+        None, description="95 % bootstrap interval of the perplexity, resampling 128-token blocks")
+    perplexity_delta_pct: float | None = Field(None, description="Perplexity change against the base model, in %")
+    perplexity_delta_interval_pct: tuple[float, float] | None = Field(
+        None, description="95 % paired bootstrap interval of that change (same blocks for variant and base)")
+    block_nll: list[float] | None = Field(
+        None, description="Summed loss of each 128-token block, so that later comparisons can be paired")
     eval_tokens: int | None = None
+    eval_data_sha256: str | None = Field(None, description="Hash of the held-out text and prompts measured on")
     greedy_agreement: float | None = Field(None, description="Share of greedy tokens equal to the base model's")
+    agreement_prompts: int | None = Field(None, description="Prompts the greedy agreement is measured over")
     cosine_to_reference: float | None = Field(None, description="Embeddings: mean cosine to the PyTorch model")
 
 
