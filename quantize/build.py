@@ -18,7 +18,9 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from quantize.calibration import load_calibration_texts
 from quantize.errors import QuantizeError
+from quantize.evaluate import build_reference, eval_data_hash
 from quantize.methods import evaluate_variant, run_method
 from quantize.source import (
     check_causal_lm_folder,
@@ -27,7 +29,7 @@ from quantize.source import (
     resolve_source,
     source_fingerprint,
 )
-from quantserve.config import GptqBuild, ModelConfig, QuantserveConfig, VariantConfig
+from quantserve.config import BlockwiseBuild, GptqBuild, ModelConfig, QuantserveConfig, VariantConfig
 from quantserve.manifest import (
     BASE_VARIANT,
     ModelManifest,
@@ -41,7 +43,7 @@ from quantserve.manifest import (
 )
 
 # Bump a method's number when its output changes for the same inputs, so cached variants are rebuilt.
-BUILD_CODE_VERSIONS = {"base": 1, "onnx": 1, "gptq": 2, "embedding-onnx": 2}
+BUILD_CODE_VERSIONS = {"base": 1, "onnx": 2, "gptq": 3, "blockwise": 1, "embedding-onnx": 2}
 TRACKED_LIBRARIES = ("onnxruntime", "onnxruntime-genai", "gptqmodel", "transformers", "torch", "onnx")
 
 
@@ -80,8 +82,9 @@ def clean_leftovers(model_dir: Path) -> None:
 
 
 def select_variants(model: ModelConfig, names: str) -> list[VariantConfig]:
+    """`all`: every variant the config serves (`serve.enabled`); others are built only when named."""
     if names == "all":
-        return list(model.variants)
+        return [v for v in model.variants if v.serve.enabled]
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     known = [v.name for v in model.variants]
     unknown = [n for n in wanted if n not in known]
@@ -161,9 +164,7 @@ def check_inputs(model: ModelConfig, variants: list[VariantConfig]) -> None:
     if model.kind == "chat" and source.is_dir():
         check_causal_lm_folder(source)
     for variant in variants:
-        if isinstance(variant.build, GptqBuild):
-            from quantize.gptq import load_calibration_texts
-
+        if isinstance(variant.build, GptqBuild | BlockwiseBuild):
             load_calibration_texts(variant.build.calibration)
 
 
@@ -201,10 +202,20 @@ def _build_model(config: QuantserveConfig, model: ModelConfig, variants: list[Va
             print(f"{model.name}:{variant.name}: served from the base folder ({BASE_VARIANT}/)", flush=True)
             continue
         if not force and state.is_current(variant):
-            print(f"{model.name}:{variant.name}: up to date (inputs unchanged), skipped", flush=True)
+            if _quality_is_current(state, variant.name):
+                print(f"{model.name}:{variant.name}: up to date (inputs unchanged), skipped", flush=True)
+            else:
+                print(f"{model.name}:{variant.name}: built, but measured on other evaluation data: evaluating",
+                      flush=True)
+                _reevaluate(state, base_dir, variant)
             continue
         _build_variant(state, base_dir, variant)
     return state.manifest
+
+
+def _quality_is_current(state: ModelBuild, name: str) -> bool:
+    """Chat variants' figures are comparable only when measured on the current held-out text and prompts."""
+    return state.model.kind != "chat" or state.manifest.variants[name].quality.eval_data_sha256 == eval_data_hash()
 
 
 def _describe_chat_model(state: ModelBuild, base_dir: Path) -> None:
@@ -217,9 +228,11 @@ def _describe_chat_model(state: ModelBuild, base_dir: Path) -> None:
     base_hash = json_hash({"source": state.source_sha, "code": BUILD_CODE_VERSIONS["base"]})
     current = manifest.variants.get(BASE_VARIANT)
     if current is not None and current.input_hash == base_hash:
+        if current.quality.eval_data_sha256 != eval_data_hash():
+            _, quality = build_reference(base_dir, state.cache_dir / "reference.json", state.source_sha)
+            manifest.variants[BASE_VARIANT] = current.model_copy(update={"quality": quality})
+            write_manifest(state.dir, manifest)
         return
-    from quantize.evaluate import build_reference
-
     started = time.monotonic()
     _, quality = build_reference(base_dir, state.cache_dir / "reference.json", state.source_sha)
     manifest.variants[BASE_VARIANT] = VariantManifest(
@@ -290,14 +303,21 @@ def evaluate_model(config: QuantserveConfig, model: ModelConfig, variant_names: 
 def _evaluate_model(config: QuantserveConfig, model: ModelConfig, variant_names: str) -> ModelManifest:
     state = ModelBuild(config, model)
     base_dir = _prepare_base(config, model)
+    if model.kind == "chat":
+        _describe_chat_model(state, base_dir)
     for variant in select_variants(model, variant_names):
         record = state.manifest.variants.get(variant.name)
         if record is None or "onnx" not in record.serve_paths:
             print(f"{model.name}:{variant.name}: no ONNX build to evaluate, skipped", flush=True)
             continue
-        onnx_dir = state.dir / variant.name / record.serve_paths["onnx"]
-        quality = evaluate_variant(variant.build, onnx_dir, base_dir, state.source_path, state.cache_dir,
-                                   state.source_sha, f"{model.name}:{variant.name}")
-        state.manifest.variants[variant.name] = record.model_copy(update={"quality": quality})
-        write_manifest(state.dir, state.manifest)
+        _reevaluate(state, base_dir, variant)
     return state.manifest
+
+
+def _reevaluate(state: ModelBuild, base_dir: Path, variant: VariantConfig) -> None:
+    record = state.manifest.variants[variant.name]
+    onnx_dir = state.dir / variant.name / record.serve_paths["onnx"]
+    quality = evaluate_variant(variant.build, onnx_dir, base_dir, state.source_path, state.cache_dir,
+                               state.source_sha, f"{state.model.name}:{variant.name}")
+    state.manifest.variants[variant.name] = record.model_copy(update={"quality": quality})
+    write_manifest(state.dir, state.manifest)

@@ -14,41 +14,9 @@ import sys
 import types
 from pathlib import Path
 
+from quantize.calibration import calibration_samples, load_calibration_texts
 from quantize.errors import QuantizeError
-from quantserve.config import CalibrationSpec, GptqBuild
-
-DATA_DIR = Path(__file__).parent / "data"
-
-
-def load_calibration_texts(spec: CalibrationSpec) -> list[str]:
-    """Paragraphs of the calibration file (blank-line separated)."""
-    path = DATA_DIR / spec.file.removeprefix("builtin:") if spec.file.startswith("builtin:") else Path(spec.file)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise QuantizeError(f"cannot read calibration file {path}: {exc.__class__.__name__}") from None
-    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
-    if not paragraphs:
-        raise QuantizeError(f"calibration file {path} is empty; give it text paragraphs separated by blank lines")
-    return paragraphs
-
-
-def calibration_samples(paragraphs: list[str], tokenizer, spec: CalibrationSpec) -> list[dict]:
-    """`samples` token windows of `max_tokens`: sample i is paragraphs i, i+1, ... (cycling) joined and cut.
-
-    Short paragraphs alone would give GPTQ few tokens per sample; joining them fills each window.
-    """
-    encoded = [tokenizer(p + "\n\n", add_special_tokens=False)["input_ids"] for p in paragraphs]
-    samples = []
-    for start in range(spec.samples):
-        ids: list[int] = []
-        index = start
-        while len(ids) < spec.max_tokens and index < start + len(encoded):
-            ids.extend(encoded[index % len(encoded)])
-            index += 1
-        ids = ids[: spec.max_tokens]
-        samples.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
-    return samples
+from quantserve.config import GptqBuild
 
 
 @contextlib.contextmanager
@@ -96,6 +64,37 @@ def check_group_size(spec: GptqBuild, hf_config: dict) -> None:
         )
 
 
+def gptq_dynamic(spec: GptqBuild) -> dict[str, dict]:
+    """GPTQModel's per-module overrides (`+:` = quantize with these settings) from the build's group overrides."""
+    return {f"+:.*{pattern}.*": {"group_size": size} for pattern, size in spec.group_overrides.items()
+            if pattern != "lm_head"}
+
+
+def add_quantized_lm_head(base_dir: Path, gptq_dir: Path, out_dir: Path, spec: GptqBuild, hf_config: dict) -> Path:
+    """The folder the ONNX builder converts: the GPTQ checkpoint's files (linked) plus the tied lm_head quantized
+    by `spec.lm_head` in a file of its own, so that `gptq/` itself stays a standard checkpoint for vLLM."""
+    from safetensors.numpy import save_file
+
+    from quantize.blockwise import EMBEDDING, LM_HEAD, group_size_for, input_importance, load_float_tensors
+    from quantize.gptq_format import gptq_tensors
+    from quantize.weight_quant import QUANTIZERS
+
+    out_dir.mkdir(parents=True)
+    for item in gptq_dir.iterdir():
+        (out_dir / item.name).symlink_to(item.resolve())
+    tensors = load_float_tensors(base_dir)
+    weight = tensors[EMBEDDING] if hf_config.get("tie_word_embeddings") else tensors["lm_head.weight"]
+    group_size = group_size_for(LM_HEAD, spec.group_size, spec.group_overrides)
+    if spec.lm_head == "clip_search":
+        texts = load_calibration_texts(spec.calibration)
+        importance = input_importance(base_dir, texts, 8192)[LM_HEAD]
+        quantized = QUANTIZERS["clip_search"](weight, 4, group_size, importance)
+    else:
+        quantized = QUANTIZERS[spec.lm_head](weight, 4, group_size)
+    save_file(gptq_tensors(LM_HEAD, quantized), str(out_dir / "lm_head.safetensors"))
+    return out_dir
+
+
 def quantize_gptq(base_dir: Path, out_dir: Path, spec: GptqBuild, hf_config: dict) -> dict:
     """Calibrate and save a GPTQ checkpoint in out_dir; return notes for the manifest."""
     check_group_size(spec, hf_config)
@@ -111,7 +110,8 @@ def quantize_gptq(base_dir: Path, out_dir: Path, spec: GptqBuild, hf_config: dic
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     calibration = calibration_samples(texts, tokenizer, spec.calibration)
     config = gptqmodel.QuantizeConfig(
-        bits=spec.bits, group_size=spec.group_size, desc_act=spec.desc_act, damp_percent=spec.damp_percent
+        bits=spec.bits, group_size=spec.group_size, desc_act=spec.desc_act, damp_percent=spec.damp_percent,
+        sym=spec.sym, true_sequential=spec.true_sequential, mse=spec.mse, dynamic=gptq_dynamic(spec) or None,
     )
     print(f"  GPTQ: {len(calibration)} calibration samples, <= {spec.calibration.max_tokens} tokens each", flush=True)
     model = gptqmodel.GPTQModel.load(str(base_dir), config, dtype=torch.float32)

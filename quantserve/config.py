@@ -61,15 +61,43 @@ class OnnxBuild(StrictModel):
         return self
 
 
+GroupOverrides = Annotated[dict[str, int], Field(
+    default_factory=dict, description="Regular expression on module names (e.g. 'mlp\\.down_proj', 'lm_head') -> "
+    "group size for the modules it matches; the first match wins")]
+LmHeadQuantizer = Literal["builder-rtn", "rtn", "clip_search", "hqq"]
+
+
 class GptqBuild(StrictModel):
     """GPTQ through GPTQModel, saved as a standard GPTQ checkpoint and converted to ONNX MatMulNBits."""
 
     method: Literal["gptq"] = "gptq"
     bits: Literal[4, 8] = 4
     group_size: int = Field(64, ge=16, le=256, description="Must divide the model's hidden size (576 = 9 x 64)")
-    desc_act: bool = False
+    group_overrides: GroupOverrides
+    desc_act: bool = Field(False, description="Act-order: quantize columns by decreasing Hessian diagonal")
+    sym: bool = Field(True, description="Symmetric groups (no zero point); False adds a 4-bit zero point per group")
+    true_sequential: bool = Field(True, description="Quantize a layer's modules in order, each after the last")
     damp_percent: float = Field(0.05, gt=0, lt=1)
+    mse: float = Field(0.0, ge=0, description="> 0: GPTQModel searches each group's clipping range (its MSE option)")
+    lm_head: LmHeadQuantizer = Field(
+        "builder-rtn", description="The tied lm_head/embedding: builder-rtn leaves it to the ONNX builder (RTN, block "
+        "32); the others quantize it into the checkpoint at the build's group size, so the embedding shares it")
     calibration: CalibrationSpec = CalibrationSpec()
+
+
+class BlockwiseBuild(StrictModel):
+    """Every linear weight and the tied lm_head/embedding block-quantized without GPTQ (quantize/weight_quant.py),
+    written as a GPTQ-format checkpoint and converted to ONNX MatMulNBits like a GPTQ build."""
+
+    method: Literal["blockwise"] = "blockwise"
+    algorithm: Literal["rtn", "clip_search", "hqq"] = "clip_search"
+    bits: Literal[4] = 4
+    group_size: int = Field(64, ge=16, le=256, description="Must divide every weight's input width it applies to")
+    group_overrides: GroupOverrides
+    activation_weighted: bool = Field(
+        True, description="clip_search: weight each input channel's error by its mean squared activation, measured "
+        "on the calibration text")
+    calibration: CalibrationSpec = CalibrationSpec(file="builtin:calibration_large.txt", samples=16, max_tokens=512)
 
 
 class EmbeddingOnnxBuild(StrictModel):
@@ -85,7 +113,8 @@ class BaseBuild(StrictModel):
     method: Literal["base"] = "base"
 
 
-BuildSpec = Annotated[OnnxBuild | GptqBuild | EmbeddingOnnxBuild | BaseBuild, Field(discriminator="method")]
+BuildSpec = Annotated[OnnxBuild | GptqBuild | BlockwiseBuild | EmbeddingOnnxBuild | BaseBuild,
+                     Field(discriminator="method")]
 
 
 class AutoscalingSpec(StrictModel):
@@ -188,7 +217,16 @@ class LimitsConfig(StrictModel):
     max_embedding_inputs: int = Field(256, ge=1, description="Texts per embeddings request")
     max_prompt_tokens: int | None = Field(None, ge=1, description="Prompt tokens per request (below the "
                                           "context length), checked by the replica after tokenizing")
-    request_timeout_s: float = Field(600, gt=0, description="A generation still running after this ends with 504")
+    request_timeout_s: float = Field(600, gt=0, description="A generation or embedding still running after this "
+                                     "ends with 504; rolling updates and scale-down wait this long for requests to end")
+    max_concurrent_requests: int = Field(256, ge=1, description="/v1 requests the router works on at once, streams "
+                                         "included")
+    max_queued_requests: int = Field(512, ge=1, description="/v1 requests waiting for one of those places; past "
+                                     "this, 503 (queue_full) with Retry-After")
+    stall_timeout_s: float = Field(120, gt=0, description="An ONNX replica whose model thread has made no progress "
+                                   "for this long while requests wait reports unhealthy, and Serve replaces it")
+    embedding_batch_tokens: int = Field(8192, ge=512, description="Tokens (padding included) in one embeddings "
+                                        "forward pass, whatever the number of requests and inputs")
 
 
 class AuthConfig(StrictModel):
