@@ -57,7 +57,7 @@ class OnnxEngine:
                     if following is None or isinstance(following, EngineError):
                         pending = following
                         break
-                    output = _merge(output, following)
+                    output = output.followed_by(following)
                 finished = output.finish_reason is not None
                 yield output
         finally:
@@ -78,21 +78,11 @@ class OnnxEngine:
         self.batcher.shutdown()
 
 
-def _merge(first: GenerationOutput, second: GenerationOutput) -> GenerationOutput:
-    return GenerationOutput(
-        text=first.text + second.text, token_ids=first.token_ids + second.token_ids,
-        prompt_tokens=second.prompt_tokens, completion_tokens=second.completion_tokens,
-        finish_reason=second.finish_reason, logprobs=first.logprobs + second.logprobs,
-        queue_seconds=first.queue_seconds, replica_seconds=second.replica_seconds,
-        prompt_logprobs=first.prompt_logprobs,
-    )
-
-
 async def collect(outputs: AsyncIterator[GenerationOutput]) -> GenerationOutput:
     """All outputs of one request merged into one (for non-streaming responses and tests)."""
     merged = None
     async for output in outputs:
-        merged = output if merged is None else _merge(merged, output)
+        merged = output if merged is None else merged.followed_by(output)
     if merged is None:
         raise RuntimeError("the engine stream ended without any output")
     return merged
