@@ -3,8 +3,9 @@
 This machine is shared and noisy, so every figure is a ratio of two things measured side by side in one run
 (interleaved, repeated, the median kept). Sections: (1) router overhead, (2) continuous batching against
 transformers, (3) decode against the memory-bandwidth ceiling with a profile, (4) the ONNX engine against vLLM's,
-(5) the variants with $ per 1M tokens from a short load test, (6) the load generator's headroom. Writes
-bench/results.json and BENCHMARKS.md; `--quick` runs every section at its smallest to keep the scripts working.
+(5) the variants with $ per 1M tokens from a short load test, (6) the load generator's headroom, (7) what
+constrained decoding (a JSON schema) costs the ONNX engine. Writes bench/results.json and BENCHMARKS.md; `--quick`
+runs every section at its smallest to keep the scripts working.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from loadtest.bench import engines, headroom, router, variants
+from loadtest.bench import constraints, engines, headroom, router, variants
 from loadtest.bench.report import render_markdown
 from loadtest.machine import describe_machine, versions
 from quantserve.config import load_config, parse_config
@@ -28,7 +29,7 @@ from quantserve.manifest import read_manifest
 from serving.launcher import running_app
 from serving.serve_cli import LOOPBACK_ENV
 
-SECTIONS = ("router", "batching", "ceiling", "backends", "variants", "headroom")
+SECTIONS = ("router", "batching", "ceiling", "backends", "variants", "headroom", "constraints")
 MODEL = "smollm2-135m"
 ROUTED = "onnx-int4"
 
@@ -88,6 +89,10 @@ def engine_sections(args, plan: dict, model_dir: Path) -> dict:
         print("bench: the ONNX engine against vLLM's", flush=True)
         results["backends"] = engines.bench_backends(model_dir, plan["backend_levels"], plan["repeats"],
                                                      plan["tokens"], plan["vllm_dtypes"])
+    if "constraints" in args.sections:
+        print("bench: constrained decoding in the ONNX engine", flush=True)
+        results["constraints"] = constraints.bench_constraints(model_dir, plan["constraint_levels"], plan["repeats"],
+                                                               plan["tokens"])
     return results
 
 
@@ -144,11 +149,13 @@ def full_plan() -> dict:
     return {"repeats": 3, "tokens": 48, "levels": [1, 2, 4, 8, 16], "backend_levels": [1, 2, 4, 8],
             "vllm_dtypes": ["float32", "bfloat16"], "profile_steps": 64, "router_requests": 64,
             "router_modes": [("throughput-optimized", ()), ("default data plane", ("--no-throughput-mode",))],
-            "sweep_users": "1,2,4", "sweep_duration": "15s", "headroom_users": [8, 32], "headroom_seconds": 10}
+            "sweep_users": "1,2,4", "sweep_duration": "15s", "headroom_users": [8, 32], "headroom_seconds": 10,
+            "constraint_levels": [1, 8]}
 
 
 def quick_plan() -> dict:
     return {"repeats": 1, "tokens": 8, "levels": [1, 2], "backend_levels": [1, 2], "vllm_dtypes": ["float32"],
             "profile_steps": 4, "router_requests": 8, "router_modes": [("throughput-optimized", ())],
-            "sweep_users": "1", "sweep_duration": "3s", "headroom_users": [4], "headroom_seconds": 3}
+            "sweep_users": "1", "sweep_duration": "3s", "headroom_users": [4], "headroom_seconds": 3,
+            "constraint_levels": [1, 2]}
 

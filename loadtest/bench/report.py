@@ -4,6 +4,7 @@ run recorded (the machine's CPU flags, the measured figures); a claim the figure
 
 from __future__ import annotations
 
+from loadtest.bench.constraints import constraints_section
 from loadtest.bench.isa import bf16_arithmetic, vector_isa
 from quantserve.constants import DEFAULT_CONFIG_PATH
 
@@ -260,7 +261,8 @@ def render_markdown(results: dict) -> str:
                 ("ceiling", lambda: ceiling_section(results["ceiling"], results["profile"])),
                 ("backends", lambda: backends_section(results["backends"], results)),
                 ("variants", lambda: variants_section(results["variants"], machine)),
-                ("headroom", lambda: headroom_section(results["headroom"], results.get("sweep_max_requests_per_s")))]
+                ("headroom", lambda: headroom_section(results["headroom"], results.get("sweep_max_requests_per_s"))),
+                ("constraints", lambda: constraints_section(results["constraints"]))]
     for name, render in sections:
         if name in results:
             lines += [*render(), ""]
