@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from tests.helpers import REPO, wait_for
 RAY_START = {"head": [str(Path(sys.executable).parent / "ray"), "start"],
              "worker": [sys.executable, "-m", "tests.helpers.ray_start_loopback", "start"]}
 LOOPBACK = "127.0.0.1"
-NODE_START_TIMEOUT_SECONDS = 120
+NODE_START_TIMEOUT_SECONDS = 300
 
 
 def ray_params(params: dict[str, str]) -> list[str]:
@@ -79,10 +81,13 @@ class LoopbackCluster:
     """A head node and worker nodes on 127.0.0.1, sharing one temp dir, every port chosen free."""
 
     def __init__(self, folder: Path, env: dict[str, str]) -> None:
-        self.folder, self.temp_dir = folder, folder / "ray"
+        # Ray's session folder holds Unix sockets, whose paths may not exceed 107 bytes: a short folder of its own.
+        self.folder, self.temp_dir = folder, Path(tempfile.mkdtemp(prefix="qs-ray-"))
         # A pod starts with no Ray auth token (fresh HOME), so Ray runs without token auth there; here `ray start`
         # would turn it on if a local `ray.init()` had left ~/.ray/auth_token behind.
-        self.env = {**os.environ, **LOOPBACK_ENV, "RAY_AUTH_MODE": "disabled", **env}
+        # On a busy machine a raylet may take longer than Ray's default minute to register.
+        self.env = {**os.environ, **LOOPBACK_ENV, "RAY_AUTH_MODE": "disabled",
+                    "RAY_raylet_start_wait_time_s": str(NODE_START_TIMEOUT_SECONDS), **env}
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.nodes: list[RayNode] = []
 
@@ -100,7 +105,9 @@ class LoopbackCluster:
                 f"--dashboard-host={LOOPBACK}", f"--dashboard-port={self.dashboard_port}",
                 f"--ray-client-server-port={free_port()}", "--include-dashboard=true"]
         head = self._start("head", args, self.env)
-        assert wait_for(self._dashboard_up, NODE_START_TIMEOUT_SECONDS, interval=1), head.log_tail()
+        assert wait_for(lambda: head.process.poll() is not None or self._dashboard_up(), NODE_START_TIMEOUT_SECONDS,
+                        interval=1)
+        assert head.process.poll() is None and self._dashboard_up(), head.log_tail()
         return self._joined(head, set())
 
     def start_worker(self, params: dict[str, str], name: str) -> RayNode:
@@ -116,7 +123,7 @@ class LoopbackCluster:
     def _joined(self, node: RayNode, known: set[str]) -> RayNode:
         """Wait until `node` shows in Ray's node list (an id not in `known`) and record its id."""
         assert wait_for(lambda: (self.alive_node_ids() or known) - known, NODE_START_TIMEOUT_SECONDS, interval=1), \
-            node.log_tail()
+            f"{node.log_tail()}\n{self.session_log_tails()}"
         [node.node_id] = self.alive_node_ids() - known
         return node
 
@@ -141,17 +148,26 @@ class LoopbackCluster:
         return None
 
     def stop(self) -> None:
-        """Stop every node this cluster started, then whatever still runs from its temp dir (Ray workers)."""
+        """Stop every node this cluster started, then whatever still runs from its temp dir (Ray workers), and
+        remove the temp dir."""
         for node in reversed(self.nodes):
             node.stop()
         for _ in range(3):
             leftovers = self._own_processes()
             if not leftovers:
-                return
+                break
             for process in leftovers:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     process.kill()
             time.sleep(1)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def session_log_tails(self, size: int = 1500) -> str:
+        """The end of each error log of Ray's daemons (raylet, GCS, agents), to tell why a node did not come up."""
+        logs = [*sorted(self.temp_dir.glob("session_*/logs/*.err")),
+                *sorted(self.temp_dir.glob("session_*/logs/raylet*.out"))]
+        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-size:]}" for log in logs
+                         if log.stat().st_size)
 
     def listening_addresses(self) -> dict[str, set[str]]:
         """Address -> names of this cluster's processes listening on it (TCP)."""

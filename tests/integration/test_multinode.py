@@ -27,7 +27,7 @@ from tests.helpers import REPO, wait_for
 from tests.helpers.helm_tools import find, ray_cluster, ray_containers, render_objects
 from tests.helpers.ray_nodes import LoopbackCluster, deploy, serve_status
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 VARIANT = "smollm2-135m:onnx-int4"
 DEPLOYMENT = "smollm2-135m--onnx-int4"
