@@ -115,6 +115,9 @@ def pareto_plot(verdicts: list[Verdict], recommended: Option | None) -> bytes:
                 axis.scatter([o.monthly_usd for o in verdict.options],
                              [getattr(o.point, metric) for o in verdict.options],
                              label=f"{verdict.label} ({verdict.hardware_profile})")
+            for option in verdict.options:
+                axis.annotate(f"{option.replicas}× @ {option.point.per_replica_rps:.2g}/s",
+                              (option.monthly_usd, getattr(option.point, metric)), fontsize=7, alpha=0.7)
         _front(axis, options, metric)
         if recommended is not None:
             axis.scatter([recommended.monthly_usd], [getattr(recommended.point, metric)], marker="*", s=300,

@@ -192,8 +192,16 @@ def judge(verdict: Verdict, target: Target, usd_per_hour: float) -> Verdict:
 
 
 def recommend(verdicts: list[Verdict]) -> Option | None:
-    options = [verdict.best for verdict in verdicts if verdict.best is not None]
-    return min(options, key=lambda option: option.monthly_usd, default=None)
+    """The cheapest option; at equal cost the better quality, then the lower p90 TTFT."""
+    usable = [verdict for verdict in verdicts if verdict.best is not None]
+    best = min(usable, key=_preference, default=None)
+    return best.best if best else None
+
+
+def _preference(verdict: Verdict) -> tuple[float, float, float]:
+    increase = verdict.quality.get("ppl_increase_pct")
+    return (round(verdict.best.monthly_usd, 6), math.inf if increase is None else increase,
+            verdict.best.point.ttft_p90_ms or math.inf)
 
 
 def refusal(verdicts: list[Verdict], target: Target) -> str:

@@ -115,7 +115,17 @@ def _overview(results: dict) -> list[str]:
         f"- requests: {t['requests']} ({t['warmup_requests']} warm-up, excluded), errors: {t['errors']}; "
         f"measured tokens: {t['prompt_tokens']} prompt, {t['output_tokens']} output, {t['total_tokens']} total",
         f"- SLO: {slo_text(results)}",
+        *_machine_line(results.get("machine") or {}),
     ]
+
+
+def _machine_line(machine: dict) -> list[str]:
+    """Where it ran and how busy that machine was: on loopback the server shares it with the load generator."""
+    if not machine.get("cpu"):
+        return []
+    load = machine.get("load_average")
+    busy = f", load average {' / '.join(f'{value:g}' for value in load)} (1/5/15 min) as the run began" if load else ""
+    return [f"- machine: {machine['cpu']} × {machine.get('logical_cpus')}{busy}"]
 
 
 def _run_facts(results: dict) -> dict:

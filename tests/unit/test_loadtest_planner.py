@@ -76,3 +76,11 @@ def test_the_cheapest_variant_is_recommended_and_a_refusal_is_one_line():
     line = refusal(verdicts, tight)
     assert "\n" not in line and line.startswith("no variant meets 3 req/s, TTFT p90 ≤ 100 ms")
     assert "fast on cpu: at 2 req/s per replica: TTFT p90 200 ms > 100 ms" in line and "slow on cpu:" in line
+
+
+def test_at_equal_cost_the_better_quality_wins():
+    worse = judge(Verdict("worse", "cpu", {"ppl_increase_pct": 20.0}, [point(1.0, label="worse")]), TARGET, PRICE)
+    better = judge(Verdict("better", "cpu", {"ppl_increase_pct": 1.0}, [point(1.0, label="better", ttft=400)]),
+                   TARGET, PRICE)
+    assert worse.best.monthly_usd == better.best.monthly_usd
+    assert recommend([worse, better]) is better.best
