@@ -187,13 +187,20 @@ async def full_response(generation: Generation) -> p.ChatCompletionResponse | p.
     body, outputs = generation.body, generation.merged_outputs()
     if generation.chat:
         return chat_response(generation.request_id, body.model, outputs)
-    return completion_response(generation.request_id, body.model, outputs, body.prompt_text() if body.echo else "")
+    return completion_response(generation.request_id, body.model, outputs, *_completion_extras(body))
+
+
+def _completion_extras(body: p.CompletionRequest) -> tuple[str | None, bool]:
+    """The prompt to echo (None: no echo) and whether logprobs were asked for."""
+    return body.prompt_text() if body.echo else None, body.logprobs is not None
 
 
 async def stream_body(generation: Generation) -> AsyncIterator[bytes]:
-    """The SSE body: role chunks, one chunk per output, usage when asked for, [DONE]."""
+    """The SSE body: role chunks, one chunk per output (a completion's first one echoes the prompt when asked),
+    usage when asked for, [DONE]."""
     body = generation.body
-    writer = ChunkWriter(generation.request_id, body.model, generation.chat, body.include_usage())
+    extras = () if generation.chat else _completion_extras(body)
+    writer = ChunkWriter(generation.request_id, body.model, generation.chat, body.include_usage(), *extras)
     try:
         for chunk in writer.first(body.n):
             yield chunk

@@ -1,9 +1,11 @@
 """Every OpenAI wire type quantserve speaks, in one place.
 
-Requests tolerate unknown fields (the OpenAI API does; clients send new ones all the time) and the
-router logs what it ignored. Known fields are strict about their JSON types, as OpenAI's API is: `"echo": 0`
-or `"max_tokens": "16"` is a 400, not silently converted. Each request converts itself into engine parameters
-with one method.
+Requests are strict, as OpenAI's API is: known fields are strict about their JSON types (`"echo": 0` or
+`"max_tokens": "16"` is a 400, not silently converted); an explicit `null` for an optional field means its default
+(the OpenAI SDK, LangChain and many proxies send nulls for unset fields); an unknown field is a 400 naming it; and so
+is a field of OpenAI's API this server does not implement (`Unsupported`), with code `unsupported_parameter`, so that
+no request is answered as if it had been honoured. The README's API section lists every field with its status (a
+unit test keeps the two in step). Each request converts itself into engine parameters with one method.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 # --- errors -------------------------------------------------------------------------------------
 
@@ -67,16 +70,56 @@ def _unicode(value: str) -> str:
 Text = Annotated[str, AfterValidator(_unicode)]
 
 
-class OpenAIRequest(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    def ignored_fields(self) -> list[str]:
-        return sorted((self.model_extra or {}).keys())
+UNSUPPORTED = "unsupported_parameter"  # the pydantic error type and the API error code of a refused field
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(strict=True)
+def refuse(reason: str):
+    """A validator for a field this server does not implement: any value it is given is a 400 naming the field."""
+    def check(value):
+        raise PydanticCustomError(UNSUPPORTED, reason)
+    return AfterValidator(check)
+
+
+REFUSED_MARK = {"x-quantserve": "refused"}  # refused when set (or, for a few, when set to other than the default)
+VLLM_EXTENSION = {"x-quantserve": "vllm-extension"}  # not in OpenAI's API: vLLM's, honoured as vLLM does
+
+
+def Unsupported(reason: str):  # noqa: N802 (used as a type)
+    """An OpenAI field that is refused whenever it is set (null, like absence, asks for nothing)."""
+    return Annotated[Any, refuse(reason), Field(None, description=f"Not supported: a 400 ({UNSUPPORTED}). {reason}",
+                                                json_schema_extra=REFUSED_MARK)]
+
+
+class WireModel(BaseModel):
+    """A request object: strict types, unknown fields refused, explicit null = the field's default."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {k: v for k, v in data.items() if v is not None or k not in fields or fields[k].is_required()}
+
+    @classmethod
+    def fields_marked(cls, mark: dict) -> set[str]:
+        """The fields carrying `mark` (REFUSED_MARK, VLLM_EXTENSION) in their schema."""
+        return {name for name, field in cls.model_fields.items() if field.json_schema_extra == mark}
+
+
+class StreamOptions(WireModel):
     include_usage: bool = False
+    include_obfuscation: bool = Field(False, description="Only false: this server does not pad stream events",
+                                      json_schema_extra=REFUSED_MARK)
+
+    @field_validator("include_obfuscation")
+    @classmethod
+    def _no_obfuscation(cls, value: bool) -> bool:
+        if value:
+            raise PydanticCustomError(UNSUPPORTED, "stream events are not obfuscated by this server; send false")
+        return value
 
 
 class Usage(BaseModel):
@@ -96,7 +139,12 @@ def now() -> int:
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-class SamplingFields(OpenAIRequest):
+NOT_STORED = "this server stores no completions"
+NO_TOOLS = "tools and structured output are not implemented yet"
+TEXT_ONLY = "this server serves text-only models"
+
+
+class SamplingFields(WireModel):
     """Fields shared by chat and text completions."""
 
     model: Text
@@ -110,13 +158,14 @@ class SamplingFields(OpenAIRequest):
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)  # vLLM's bound; each engine maps it to its range
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
-    user: str | None = None
+    user: str | None = Field(None, description="Logged with the request")
+    logit_bias: Unsupported(NO_TOOLS)
     # vLLM's sampling extensions, with vLLM's bounds
-    top_k: int | None = Field(None, ge=-1)  # 0 or -1: off
-    min_p: float = Field(0.0, ge=0, le=1)
-    repetition_penalty: float = Field(1.0, gt=0, allow_inf_nan=False)
-    min_tokens: int = Field(0, ge=0)
-    ignore_eos: bool = False
+    top_k: int | None = Field(None, ge=-1, description="0 or -1: off", json_schema_extra=VLLM_EXTENSION)
+    min_p: float = Field(0.0, ge=0, le=1, json_schema_extra=VLLM_EXTENSION)
+    repetition_penalty: float = Field(1.0, gt=0, allow_inf_nan=False, json_schema_extra=VLLM_EXTENSION)
+    min_tokens: int = Field(0, ge=0, json_schema_extra=VLLM_EXTENSION)
+    ignore_eos: bool = Field(False, json_schema_extra=VLLM_EXTENSION)
 
     @field_validator("stop")
     @classmethod
@@ -145,23 +194,34 @@ class SamplingFields(OpenAIRequest):
 # --- chat completions ---------------------------------------------------------------------------
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: Text | list[dict[str, Any]] | None = None
+class TextPart(WireModel):
+    type: Literal["text"]
+    text: Text
 
-    @field_validator("content")
+
+class ChatMessage(WireModel):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: Text | list[TextPart] | None = None
+    name: Unsupported("this model's chat template has no place for participant names")
+    refusal: Unsupported("earlier refusals cannot be rendered into this model's prompt")
+    audio: Unsupported(TEXT_ONLY)
+    tool_calls: Unsupported(NO_TOOLS)
+    tool_call_id: Unsupported(NO_TOOLS)
+    function_call: Unsupported(NO_TOOLS)
+
+    @field_validator("content", mode="before")
     @classmethod
-    def _parts_are_unicode(cls, value):
+    def _text_parts_only(cls, value: Any) -> Any:
         for part in value if isinstance(value, list) else []:
-            if isinstance(part.get("text"), str):
-                _unicode(part["text"])
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind != "text":
+                raise PydanticCustomError(UNSUPPORTED, "content parts of type '{kind}' are not supported: " + TEXT_ONLY,
+                                          {"kind": kind})
         return value
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            parts = [p.get("text", "") for p in self.content if p.get("type") == "text"]
-            return "".join(parts)
+            return "".join(part.text for part in self.content)
         return self.content or ""
 
 
@@ -170,6 +230,41 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    safety_identifier: str | None = Field(None, description="Logged with the request, like `user`")
+    store: bool = Field(False, description=f"Only false: {NOT_STORED}", json_schema_extra=REFUSED_MARK)
+    service_tier: Literal["auto", "default"] | None = Field(None, description="This server has one tier",
+                                                            json_schema_extra=REFUSED_MARK)
+    tools: Unsupported(NO_TOOLS)
+    tool_choice: Unsupported(NO_TOOLS)
+    parallel_tool_calls: Unsupported(NO_TOOLS)
+    response_format: Unsupported(NO_TOOLS)
+    functions: Unsupported(NO_TOOLS)
+    function_call: Unsupported(NO_TOOLS)
+    audio: Unsupported(TEXT_ONLY)
+    modalities: Unsupported(TEXT_ONLY)
+    prediction: Unsupported("predicted outputs (speculative decoding from a given text) are not implemented")
+    web_search_options: Unsupported("this server has no web search")
+    reasoning_effort: Unsupported("the served models do not reason in a separate channel")
+    verbosity: Unsupported("the served models have no verbosity control")
+    metadata: Unsupported(NOT_STORED)
+    prompt_cache_key: Unsupported("this server has no prompt cache")
+    prompt_cache_options: Unsupported("this server has no prompt cache")
+    prompt_cache_retention: Unsupported("this server has no prompt cache")
+    moderation: Unsupported("this server runs no moderation")
+
+    @field_validator("store")
+    @classmethod
+    def _nothing_stored(cls, value: bool) -> bool:
+        if value:
+            raise PydanticCustomError(UNSUPPORTED, NOT_STORED + "; send false")
+        return value
+
+    @field_validator("service_tier", mode="before")
+    @classmethod
+    def _one_tier(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in ("auto", "default"):
+            raise PydanticCustomError(UNSUPPORTED, "this server has one service tier: auto or default")
+        return value
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
@@ -244,9 +339,27 @@ class ChatCompletionChunk(BaseModel):
 
 class CompletionRequest(SamplingFields):
     prompt: Text | list[Text] = Field(min_length=1)
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=0, description="0 with echo: the prompt scored, nothing generated")
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
+    best_of: int | None = Field(None, ge=1, description="Only 1: ask for n choices instead",
+                                json_schema_extra=REFUSED_MARK)
+    suffix: Unsupported("insertion (fill in the middle) is not implemented")
+
+    @field_validator("best_of")
+    @classmethod
+    def _one_candidate(cls, value: int) -> int:
+        if value > 1:
+            raise PydanticCustomError(UNSUPPORTED, "best_of above 1 is not supported (nor is it by vLLM); ask for n "
+                                      "choices and pick among them")
+        return value
+
+    @model_validator(mode="after")
+    def _nothing_generated_only_with_echo(self) -> CompletionRequest:
+        if self.max_tokens == 0 and not self.echo:
+            raise PydanticCustomError("invalid_combination", "max_tokens 0 scores the prompt: it needs echo=true",
+                                      {"param": "max_tokens"})
+        return self
 
     @field_validator("prompt")
     @classmethod
@@ -266,9 +379,12 @@ class CompletionRequest(SamplingFields):
 
 
 class CompletionLogprobs(BaseModel):
+    """Offsets are into the choice's whole text (the echoed prompt included); a prompt's first token, which nothing
+    predicts, has a null logprob and null alternatives (as vLLM answers)."""
+
     tokens: list[str] = []
-    token_logprobs: list[float] = []
-    top_logprobs: list[dict[str, float]] = []
+    token_logprobs: list[float | None] = []
+    top_logprobs: list[dict[str, float] | None] = []
     text_offset: list[int] = []
 
 
@@ -291,12 +407,22 @@ class CompletionResponse(BaseModel):
 # --- embeddings ---------------------------------------------------------------------------------
 
 
-class EmbeddingRequest(OpenAIRequest):
+class EmbeddingRequest(WireModel):
     model: Text
     input: Text | list[Text] = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
-    user: str | None = None
+    user: str | None = Field(None, description="Logged with the request")
+    truncate_prompt_tokens: int | None = Field(
+        None, ge=-1, description="vLLM's extension: cut each input to its first k tokens (-1: the model's window); "
+        "without it an input longer than the window is a 400", json_schema_extra=VLLM_EXTENSION)
+
+    @field_validator("truncate_prompt_tokens")
+    @classmethod
+    def _a_length_or_the_window(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("truncate_prompt_tokens is -1 (the model's window) or a token count of at least 1")
+        return value
 
     @field_validator("input")
     @classmethod

@@ -37,13 +37,20 @@ def chat_logprobs(items: list[TokenLogprob]) -> p.ChoiceLogprobs | None:
     if not items:
         return None
     return p.ChoiceLogprobs(content=[
-        p.TokenLogprob(token=i.token, logprob=i.logprob, bytes=list(i.token.encode()),
-                       top_logprobs=[p.TopLogprob(token=t, logprob=lp, bytes=list(t.encode())) for t, lp in i.top])
+        p.TokenLogprob(token=i.token, logprob=i.logprob, bytes=list(i.token_bytes),
+                       top_logprobs=[p.TopLogprob(token=t, logprob=lp, bytes=list(raw))
+                                     for (t, lp), raw in zip(i.top, _top_bytes(i), strict=True)])
         for i in items
     ])
 
 
+def _top_bytes(item: TokenLogprob) -> tuple[bytes, ...]:
+    return item.top_bytes if len(item.top_bytes) == len(item.top) else tuple(t.encode() for t, _ in item.top)
+
+
 def completion_logprobs(items: list[TokenLogprob], offset: int) -> p.CompletionLogprobs | None:
+    """Entries of a completion (or of one streamed chunk); `offset`: where the first one starts in the choice's
+    whole text. A prompt's first token has no logprob, and no alternatives (as vLLM answers)."""
     if not items:
         return None
     offsets, position = [], offset
@@ -51,7 +58,27 @@ def completion_logprobs(items: list[TokenLogprob], offset: int) -> p.CompletionL
         offsets.append(position)
         position += len(item.token)
     return p.CompletionLogprobs(tokens=[i.token for i in items], token_logprobs=[i.logprob for i in items],
-                                top_logprobs=[dict(i.top) for i in items], text_offset=offsets)
+                                top_logprobs=[None if i.logprob is None else dict(i.top) for i in items],
+                                text_offset=offsets)
+
+
+class CompletionText:
+    """One completion choice's text and logprob entries as they arrive, the echoed prompt first (with its own
+    logprobs, when the request asked for them), and where the next entry starts in the choice's whole text."""
+
+    def __init__(self, echo: str | None, logprobs: bool) -> None:
+        self.echo, self.logprobs = echo, logprobs
+        self.offset = 0
+
+    def part(self, output: GenerationOutput) -> tuple[str, p.CompletionLogprobs | None]:
+        text, items = output.text, list(output.logprobs)
+        if self.echo is not None:
+            text, items = self.echo + text, [*(output.prompt_logprobs or []), *items]
+            self.echo = None
+        entries = completion_logprobs(items, self.offset) if self.logprobs else None
+        if entries is not None:
+            self.offset = entries.text_offset[-1] + len(entries.tokens[-1])
+        return text, entries
 
 
 def outputs_usage(outputs: list[GenerationOutput]) -> p.Usage:
@@ -67,11 +94,14 @@ def chat_response(request_id: str, model: str, outputs: list[GenerationOutput]) 
                                     usage=outputs_usage(outputs))
 
 
-def completion_response(request_id: str, model: str, outputs: list[GenerationOutput],
-                        echo: str) -> p.CompletionResponse:
-    choices = [p.CompletionChoice(index=i, text=echo + o.text, finish_reason=o.finish_reason,
-                                  logprobs=completion_logprobs(o.logprobs, len(echo)))
-               for i, o in enumerate(outputs)]
+def completion_response(request_id: str, model: str, outputs: list[GenerationOutput], echo: str | None,
+                        logprobs: bool) -> p.CompletionResponse:
+    """`echo`: the prompt, when the request asked for it back; `logprobs`: whether it asked for logprobs."""
+    choices = []
+    for index, output in enumerate(outputs):
+        text, entries = CompletionText(echo, logprobs).part(output)
+        choices.append(p.CompletionChoice(index=index, text=text, finish_reason=output.finish_reason,
+                                          logprobs=entries))
     return p.CompletionResponse(id=request_id, created=p.now(), model=model, choices=choices,
                                 usage=outputs_usage(outputs))
 
@@ -79,11 +109,14 @@ def completion_response(request_id: str, model: str, outputs: list[GenerationOut
 class ChunkWriter:
     """Turns a stream of (choice index, output) into SSE chunks for chat or text completions."""
 
-    def __init__(self, request_id: str, model: str, chat: bool, include_usage: bool) -> None:
+    def __init__(self, request_id: str, model: str, chat: bool, include_usage: bool, echo: str | None = None,
+                 logprobs: bool = False) -> None:
         self.request_id, self.model, self.chat, self.include_usage = request_id, model, chat, include_usage
         self.created = p.now()
         self.prompt_tokens = 0
         self.completion_tokens: dict[int, int] = {}
+        self.texts: dict[int, CompletionText] = {}
+        self.echo, self.logprobs = echo, logprobs
 
     def first(self, n: int) -> list[bytes]:
         """Chat streams open with the assistant role, one chunk per choice."""
@@ -99,8 +132,8 @@ class ChunkWriter:
             choice = p.ChatChunkChoice(index=index, delta=p.ChatDelta(content=output.text),
                                        finish_reason=output.finish_reason, logprobs=chat_logprobs(output.logprobs))
         else:
-            choice = p.CompletionChoice(index=index, text=output.text, finish_reason=output.finish_reason,
-                                        logprobs=completion_logprobs(output.logprobs, 0))
+            text, entries = self.texts.setdefault(index, CompletionText(self.echo, self.logprobs)).part(output)
+            choice = p.CompletionChoice(index=index, text=text, finish_reason=output.finish_reason, logprobs=entries)
         return self._chunk([choice])
 
     def last(self) -> list[bytes]:

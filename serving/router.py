@@ -64,14 +64,26 @@ def error_param(location: tuple) -> str | None:
     return ".".join(path) or None
 
 
+REFUSALS = {"extra_forbidden", p.UNSUPPORTED}
+
+
+def validation_error(errors: list[dict]) -> p.ApiError:
+    """The 400 for a body that failed validation: about a refused field (unknown, or not implemented) if any, else
+    about the first error, naming the field (a model-level check names it in its context)."""
+    first = next((e for e in errors if e["type"] in REFUSALS), errors[0])
+    param = error_param(first["loc"]) or (first.get("ctx") or {}).get("param")
+    if first["type"] == "json_invalid":
+        return p.ApiError(400, "The request body is not valid JSON", code="invalid_request")
+    if first["type"] == "extra_forbidden":
+        return p.ApiError(400, f"Unrecognized request argument supplied: {param}", param=param, code=p.UNSUPPORTED)
+    if first["type"] == p.UNSUPPORTED:
+        return p.ApiError(400, f"Unsupported parameter: {param}: {first['msg']}", param=param, code=p.UNSUPPORTED)
+    return p.ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param, code="invalid_request")
+
+
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0]
-    param = error_param(first["loc"])
-    message = f"{param}: {first['msg']}" if param else first["msg"]
-    if first["type"] == "json_invalid":
-        message, param = "The request body is not valid JSON", None
-    return error_response(p.ApiError(400, message, param=param, code="invalid_request"))
+    return error_response(validation_error(exc.errors()))
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -83,6 +95,12 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error: %s", exc)
     return error_response(p.ApiError(500, "internal error; see the router's log"))
+
+
+def caller(body: p.WireModel) -> str:
+    """What the request says about its end user (`user`, `safety_identifier`), for the log line."""
+    named = {k: getattr(body, k, None) for k in ("user", "safety_identifier")}
+    return "".join(f", {k} {v!r}" for k, v in named.items() if v)
 
 
 def openapi_with_models(variants: list[ServedVariant]) -> dict:
@@ -182,7 +200,7 @@ class Router:
         self._start_probing()
         check_embedding(body, self.limits)
         state = self.directory.resolve(body.model, "embedding")
-        logger.info("/v1/embeddings for %s, key %s", state.variant.id, request.state.key_id)
+        logger.info("/v1/embeddings for %s, key %s%s", state.variant.id, request.state.key_id, caller(body))
         meter = self._meter(request, "/v1/embeddings", state)
         response, answered = await embedding_response(FallbackChain(self.directory, state), body, meter)
         return JSONResponse(response.model_dump(), headers={VARIANT_HEADER: answered.variant.variant})
@@ -196,11 +214,9 @@ class Router:
     async def _generate(self, request: Request, body: p.ChatCompletionRequest | p.CompletionRequest,
                         endpoint: str) -> Response:
         self._start_probing()
-        if body.ignored_fields():
-            logger.info("ignored request fields: %s", ", ".join(body.ignored_fields()))
         check_generation(body, self.limits)
         state = self.directory.resolve(body.model, "chat")
-        logger.info("%s for %s, key %s", endpoint, state.variant.id, request.state.key_id)
+        logger.info("%s for %s, key %s%s", endpoint, state.variant.id, request.state.key_id, caller(body))
         generation = Generation(FallbackChain(self.directory, state), body, self._meter(request, endpoint, state),
                                 self.limits)
         answered = await generation.start()
