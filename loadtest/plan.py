@@ -55,10 +55,11 @@ def build_plan(args: argparse.Namespace) -> tuple[Target, list[Verdict], dict]:
     quality = variant_quality(Path(args.config), Path(args.models_dir) if args.models_dir else None, model,
                               sorted({label for label, _ in points}))
     prices = load_prices(args.prices)
-    verdicts = [judge(Verdict(label, profile, quality[label], found), target, price_per_hour(prices, profile))
+    usd_per_hour = {profile: price_per_hour(prices, profile) for _, profile in points}
+    verdicts = [judge(Verdict(label, profile, quality[label], found), target, usd_per_hour[profile])
                 for (label, profile), found in sorted(points.items())]
-    inputs = {"model": model, "runs": [run.get("run_id") for run in runs], "prices": str(args.prices),
-              "target": vars(target)}
+    inputs = {"model": model, "runs": [run.get("run_id") for run in runs], "target": vars(target),
+              "prices": {"file": Path(args.prices).name, "usd_per_replica_hour": usd_per_hour}}
     return target, verdicts, inputs
 
 

@@ -17,36 +17,46 @@ DPI = 100
 
 
 def latency_vs_throughput(summaries: list[LevelSummary]) -> bytes:
-    """TTFT, ITL, TPOT and end-to-end percentiles (p50 solid, p90 dashed, p99 dotted) against throughput, one line
-    per variant.
-
-    Throughput is output tokens/s; for endpoints without output tokens (embeddings), requests/s.
-    """
-    by_tokens = any(s.output_tokens for s in summaries)
-    xlabel = "output tokens/s" if by_tokens else "requests/s"
-    figure, axes = plt.subplots(1, 4, figsize=(16, 4))
+    """TTFT, ITL, TPOT and end-to-end percentiles (p50 solid, p90 dashed, p99 dotted) against load, one colour per
+    variant. Load is the offered request rate when every step had one (open loop, where an overloaded server's
+    throughput stops growing while its latency climbs); otherwise output tokens/s, or requests/s for embeddings."""
+    x_of, xlabel = _load_axis(summaries)
+    figure, axes = plt.subplots(1, 4, figsize=(16, 4.2))
     for axis, (metric, title) in zip(axes, _LATENCIES, strict=True):
         for label, points in _by_label(summaries).items():
-            points = [s for s in points if getattr(s, metric)["p50"] is not None]
-            _percentile_lines(axis, label, points, metric, by_tokens)
-        finish_axes(axis, xlabel, f"{title} (ms)", f"{title} vs throughput")
+            _percentile_lines(axis, label, [s for s in points if getattr(s, metric)["p50"] is not None], metric, x_of)
+        _log_if_wide(axis)
+        finish_axes(axis, xlabel, f"{title} (ms)", f"{title}\n(p50 solid, p90 dashed, p99 dotted)")
     return to_png(figure)
 
 
 _LATENCIES = (("ttft_ms", "time to first token"), ("itl_ms", "inter-token latency"),
               ("tpot_ms", "time per output token"), ("e2e_ms", "end-to-end"))
+WIDE_RANGE = 30  # a y axis whose values span more than this factor is drawn in log scale
 
 
-def _percentile_lines(axis, label: str, points: list[LevelSummary], metric: str, by_tokens: bool) -> None:
+def _load_axis(summaries: list[LevelSummary]):
+    if summaries and all(s.offered_rps is not None for s in summaries):
+        return (lambda s: s.offered_rps), "offered requests/s"
+    if any(s.output_tokens for s in summaries):
+        return (lambda s: s.output_tokens_per_s), "output tokens/s"
+    return (lambda s: s.requests_per_s), "requests/s"
+
+
+def _percentile_lines(axis, label: str, points: list[LevelSummary], metric: str, x_of) -> None:
     if not points:
         return
-    xs = [s.output_tokens_per_s if by_tokens else s.requests_per_s for s in points]
+    xs = [x_of(s) for s in points]
     p50, p90, p99 = ([getattr(s, metric).get(q) for s in points] for q in ("p50", "p90", "p99"))
-    line = axis.plot(xs, p50, "o-", label=f"{label} p50")[0]
-    axis.plot(xs, p90, "s--", color=line.get_color(), label=f"{label} p90")
-    axis.plot(xs, p99, "^:", color=line.get_color(), label=f"{label} p99")
-    for s, x, y in zip(points, xs, p50, strict=True):
-        axis.annotate(_level_text(s), (x, y), fontsize=7, alpha=0.7)
+    line = axis.plot(xs, p50, "o-", label=label)[0]
+    axis.plot(xs, p90, "s--", color=line.get_color(), alpha=0.8)
+    axis.plot(xs, p99, "^:", color=line.get_color(), alpha=0.6)
+
+
+def _log_if_wide(axis) -> None:
+    values = [y for line in axis.get_lines() for y in line.get_ydata() if y is not None and y > 0]
+    if values and max(values) / min(values) > WIDE_RANGE:
+        axis.set_yscale("log")
 
 
 def latency_vs_cost(summaries: list[LevelSummary]) -> bytes:
