@@ -36,6 +36,7 @@ class ChatConstraints:
     constraint: Constraint | None = None
     functions: list[Function] = field(default_factory=list)
     choice: ToolChoice = ToolChoice("none")
+    parallel: bool = True  # parallel_tool_calls: false is at most one call (the grammar's, or the first one read)
 
     @classmethod
     def from_request(cls, response_format: Mapping[str, Any] | None, tools: Sequence[Mapping[str, Any]] | None,
@@ -45,12 +46,13 @@ class ChatConstraints:
         functions = parse_functions(tools)
         choice = ToolChoice.from_request(tool_choice, functions)
         if choice.forced:
-            return cls(tool_call_constraint(functions, choice, parallel_tool_calls), functions, choice)
+            return cls(tool_call_constraint(functions, choice, parallel_tool_calls), functions, choice,
+                       parallel_tool_calls)
         constraint = response_format_constraint(response_format)
         if constraint is not None and choice.mode == "auto":
             raise ConstraintError('a JSON response_format with tool_choice "auto" is not supported: send tool_choice '
                                   '"none", "required" or a function, or no tools', "response_format")
-        return cls(constraint, functions, choice)
+        return cls(constraint, functions, choice, parallel_tool_calls)
 
     @property
     def reads_tool_calls(self) -> bool:
@@ -64,11 +66,11 @@ class ChatConstraints:
         """A finished output as (content, tool calls)."""
         if not self.reads_tool_calls:
             return text, []
-        return parse_tool_calls(text, self.functions)
+        return parse_tool_calls(text, self.functions, None if self.parallel else 1)
 
     def stream(self) -> ToolCallStream | None:
         """A reader for one streamed choice, or None when the text is the content as it comes."""
-        return ToolCallStream(self.functions) if self.reads_tool_calls else None
+        return ToolCallStream(self.functions, None if self.parallel else 1) if self.reads_tool_calls else None
 
 
 def response_format_constraint(response_format: Mapping[str, Any] | None) -> Constraint | None:

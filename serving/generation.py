@@ -97,7 +97,8 @@ class ChoiceStreams:
                 await queue.put((index, output))
         except Exception as exc:  # the replica died (or raised) mid-generation: end the request now, not at timeout
             logger.warning("variant %s failed while generating: %s", self.answered.variant.id, exc)
-            self.answered.ready = self.answered.ready and not isinstance(exc, REPLICA_GONE)
+            if isinstance(exc, REPLICA_GONE):
+                self.answered.mark_gone()
             await queue.put((index, p.ApiError(REPLICA_FAILED, "the replica serving this request failed; retry it",
                                                code="replica_failed")))
         await queue.put((index, None))
@@ -139,7 +140,7 @@ class Generation:
             params = replace(params, seed=params.seed + index)  # n choices from one seed: reproducible, yet different
         request_id = f"{self.request_id}-{index}-{uuid.uuid4().hex[:6]}"
         if self.chat:
-            messages = [{"role": m.role, "content": m.text()} for m in self.body.messages]
+            messages = self.body.constraints.messages([m.for_template() for m in self.body.messages])
             return GenerationRequest(request_id, params, messages=messages, max_prompt_tokens=self.max_prompt_tokens)
         return GenerationRequest(request_id, params, prompt=self.body.prompt_text(),
                                  max_prompt_tokens=self.max_prompt_tokens)
@@ -186,7 +187,7 @@ async def full_response(generation: Generation) -> p.ChatCompletionResponse | p.
             pass
     body, outputs = generation.body, generation.merged_outputs()
     if generation.chat:
-        return chat_response(generation.request_id, body.model, outputs)
+        return chat_response(generation.request_id, body.model, outputs, body.constraints)
     return completion_response(generation.request_id, body.model, outputs, *_completion_extras(body))
 
 
@@ -199,7 +200,7 @@ async def stream_body(generation: Generation) -> AsyncIterator[bytes]:
     """The SSE body: role chunks, one chunk per output (a completion's first one echoes the prompt when asked),
     usage when asked for, [DONE]."""
     body = generation.body
-    extras = () if generation.chat else _completion_extras(body)
+    extras = (None, False, body.constraints) if generation.chat else _completion_extras(body)
     writer = ChunkWriter(generation.request_id, body.model, generation.chat, body.include_usage(), *extras)
     try:
         for chunk in writer.first(body.n):

@@ -50,6 +50,8 @@ TOKEN_COUNT_BUCKETS = tuple(float(2**i) for i in range(16))  # 1 .. 32768 tokens
 REQUEST_LABELS = ("model", "variant", "backend", "endpoint")
 VARIANT_LABELS = ("model", "variant", "backend")
 REPLICA_LABELS = ("model", "variant", "backend", "replica")
+REFUSAL_LABELS = ("endpoint", "code", "reason")
+CLIENT_CLOSED = 499
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,13 @@ class QuantserveMetrics:
                             "Estimated cost of requests: replica price per hour / 3600 x replica seconds used.")
         self.in_flight = Gauge("quantserve_requests_in_flight", "Requests received and not yet answered.",
                                REQUEST_LABELS, registry=registry, multiprocess_mode="livesum")
+        self.refused = counter("quantserve_requests_refused_total", "Requests refused before any model ran: by "
+                               "admission (401 key, 413 body, 429 rate limit, 503 draining or queue_full) or by the "
+                               "checks of the request body (400), by status and reason (the error code). Each is also "
+                               "in quantserve_requests_total, with empty model labels.", REFUSAL_LABELS)
+        self.disconnects = counter("quantserve_client_disconnects_total", "Requests whose client left before the "
+                                   "response ended (recorded as 499), by stage: before_first_token or "
+                                   "after_first_token.", (*REQUEST_LABELS, "stage"))
         self.variant_ready = Gauge("quantserve_variant_ready", "1 when the router can send requests to the variant "
                                    "(a ready replica, or a healthy deployment scaled to zero on purpose), else 0.",
                                    VARIANT_LABELS, registry=registry, multiprocess_mode="livemax")
@@ -157,6 +166,9 @@ class QuantserveMetrics:
         """Record one finished request (router). Leave out what the request did not have (no TTFT for embeddings)."""
         values = labels.values()
         self.requests.labels(*values, str(status_code)).inc()
+        if status_code == CLIENT_CLOSED:
+            stage = "before_first_token" if ttft_seconds is None else "after_first_token"
+            self.disconnects.labels(*values, stage).inc()
         self.e2e_latency.labels(*values).observe(e2e_seconds)
         if ttft_seconds is not None:
             self.time_to_first_token.labels(*values).observe(ttft_seconds)
@@ -177,6 +189,11 @@ class QuantserveMetrics:
         self.generation_tokens.labels(*values).inc(generated_tokens)
         self.replica_seconds.labels(*values).inc(replica_seconds)
         self.cost.labels(*values).inc(cost)
+
+    def record_refusal(self, endpoint: str, status_code: int, reason: str) -> None:
+        """Router: a request refused before any model ran (no model is known yet: its model labels are empty)."""
+        self.refused.labels(endpoint, str(status_code), reason).inc()
+        self.requests.labels("", "", "", endpoint, str(status_code)).inc()
 
     @contextmanager
     def request_in_flight(self, labels: RequestLabels) -> Iterator[None]:

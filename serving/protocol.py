@@ -14,8 +14,11 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from serving.chat_constraints import ChatConstraints
+from serving.engines.grammar import ConstraintError, parse_logit_bias
 
 # --- errors -------------------------------------------------------------------------------------
 
@@ -140,8 +143,14 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 NOT_STORED = "this server stores no completions"
-NO_TOOLS = "tools and structured output are not implemented yet"
+LEGACY_FUNCTIONS = "deprecated by OpenAI: send tools and tool_choice"
 TEXT_ONLY = "this server serves text-only models"
+INVALID_CONSTRAINT = "invalid_constraint"  # a response_format, tool or logit_bias that cannot be honoured (400)
+
+
+def refused_constraint(refused: ConstraintError) -> PydanticCustomError:
+    """A 400 naming the field (the router reads `param` from the error's context)."""
+    return PydanticCustomError(INVALID_CONSTRAINT, "{message}", {"message": refused.message, "param": refused.param})
 
 
 class SamplingFields(WireModel):
@@ -159,7 +168,7 @@ class SamplingFields(WireModel):
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     user: str | None = Field(None, description="Logged with the request")
-    logit_bias: Unsupported(NO_TOOLS)
+    logit_bias: dict[str, float] | None = Field(None, description="token id -> bias in [-100, 100], added to the logit")
     # vLLM's sampling extensions, with vLLM's bounds
     top_k: int | None = Field(None, ge=-1, description="0 or -1: off", json_schema_extra=VLLM_EXTENSION)
     min_p: float = Field(0.0, ge=0, le=1, json_schema_extra=VLLM_EXTENSION)
@@ -175,6 +184,15 @@ class SamplingFields(WireModel):
             raise ValueError("stop strings must not be empty")
         return stops
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, value: dict[str, float]) -> dict[str, float]:
+        try:
+            parse_logit_bias(value)
+        except ConstraintError as refused:
+            raise refused_constraint(refused) from None
+        return value
+
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
@@ -187,7 +205,7 @@ class SamplingFields(WireModel):
             "stop": list(self.stop or []), "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty, "logprobs": logprobs, "min_p": self.min_p,
             "repetition_penalty": self.repetition_penalty, "min_tokens": self.min_tokens, "ignore_eos": self.ignore_eos,
-            "prompt_logprobs": prompt_logprobs,
+            "prompt_logprobs": prompt_logprobs, "logit_bias": parse_logit_bias(self.logit_bias),
         }
 
 
@@ -199,15 +217,28 @@ class TextPart(WireModel):
     text: Text
 
 
+class FunctionCall(WireModel):
+    name: Text
+    arguments: Text  # JSON text
+
+
+class MessageToolCall(WireModel):
+    """A call in an assistant message of the history."""
+
+    id: Text
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class ChatMessage(WireModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Text | list[TextPart] | None = None
     name: Unsupported("this model's chat template has no place for participant names")
     refusal: Unsupported("earlier refusals cannot be rendered into this model's prompt")
     audio: Unsupported(TEXT_ONLY)
-    tool_calls: Unsupported(NO_TOOLS)
-    tool_call_id: Unsupported(NO_TOOLS)
-    function_call: Unsupported(NO_TOOLS)
+    tool_calls: list[MessageToolCall] | None = Field(None, description="An assistant's calls, rendered for the model")
+    tool_call_id: Text | None = Field(None, description="The call a tool message answers")
+    function_call: Unsupported(LEGACY_FUNCTIONS)
 
     @field_validator("content", mode="before")
     @classmethod
@@ -224,6 +255,63 @@ class ChatMessage(WireModel):
             return "".join(part.text for part in self.content)
         return self.content or ""
 
+    def for_template(self) -> dict[str, Any]:
+        """The message as serving.chat_constraints renders it: role, text, and the tool fields when present."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+class JsonSchemaFormat(WireModel):
+    name: Text = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: Text | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="JSON Schema; absent: any JSON object")
+    strict: bool = Field(False, description="true: keywords that cannot be enforced are a 400 naming them")
+
+
+class ResponseFormat(WireModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise PydanticCustomError("invalid_combination", "json_schema goes with type json_schema, and only there",
+                                      {"param": "response_format"})
+        return self
+
+    def as_json(self) -> dict[str, Any]:
+        if self.json_schema is None:
+            return {"type": self.type}
+        spec = self.json_schema
+        return {"type": self.type, "json_schema": {"name": spec.name, "strict": spec.strict,
+                                                   "schema": {"type": "object"} if spec.schema_ is None
+                                                   else spec.schema_}}
+
+
+class FunctionDefinition(WireModel):
+    name: Text = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: Text | None = None
+    parameters: dict[str, Any] | None = Field(None, description="JSON Schema of the arguments; absent: any object")
+    strict: bool = Field(False, description="true: keywords that cannot be enforced are a 400 naming them")
+
+
+class Tool(WireModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(WireModel):
+    name: Text
+
+
+class NamedToolChoice(WireModel):
+    type: Literal["function"]
+    function: NamedFunction
+
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
@@ -234,12 +322,12 @@ class ChatCompletionRequest(SamplingFields):
     store: bool = Field(False, description=f"Only false: {NOT_STORED}", json_schema_extra=REFUSED_MARK)
     service_tier: Literal["auto", "default"] | None = Field(None, description="This server has one tier",
                                                             json_schema_extra=REFUSED_MARK)
-    tools: Unsupported(NO_TOOLS)
-    tool_choice: Unsupported(NO_TOOLS)
-    parallel_tool_calls: Unsupported(NO_TOOLS)
-    response_format: Unsupported(NO_TOOLS)
-    functions: Unsupported(NO_TOOLS)
-    function_call: Unsupported(NO_TOOLS)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
+    functions: Unsupported(LEGACY_FUNCTIONS)
+    function_call: Unsupported(LEGACY_FUNCTIONS)
     audio: Unsupported(TEXT_ONLY)
     modalities: Unsupported(TEXT_ONLY)
     prediction: Unsupported("predicted outputs (speculative decoding from a given text) are not implemented")
@@ -266,15 +354,34 @@ class ChatCompletionRequest(SamplingFields):
             raise PydanticCustomError(UNSUPPORTED, "this server has one service tier: auto or default")
         return value
 
+    _constraints: ChatConstraints = PrivateAttr(default_factory=ChatConstraints)
+
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs=true")
         return self
 
+    @model_validator(mode="after")
+    def _constraints_that_can_be_honoured(self) -> ChatCompletionRequest:
+        """response_format, tools and tool_choice, checked here so that what cannot be honoured is a 400."""
+        tools = [tool.model_dump() for tool in self.tools or []]
+        choice = self.tool_choice.model_dump() if isinstance(self.tool_choice, NamedToolChoice) else self.tool_choice
+        response_format = self.response_format.as_json() if self.response_format else None
+        try:
+            self._constraints = ChatConstraints.from_request(response_format, tools, choice, self.parallel_tool_calls)
+        except ConstraintError as refused:
+            raise refused_constraint(refused) from None
+        return self
+
+    @property
+    def constraints(self) -> ChatConstraints:
+        return self._constraints
+
     def to_sampling_params(self) -> dict:
         limit = self.max_completion_tokens or self.max_tokens
-        return self.sampling_params(limit, (self.top_logprobs or 0) if self.logprobs else None)
+        return {**self.sampling_params(limit, (self.top_logprobs or 0) if self.logprobs else None),
+                "constraint": self._constraints.constraint}
 
 
 class TopLogprob(BaseModel):
@@ -291,15 +398,25 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None = None
 
 
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+ChatFinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class ChatChoice(BaseModel):
     index: int
     message: ChatResponseMessage
-    finish_reason: Literal["stop", "length"] | None
+    finish_reason: ChatFinishReason | None
     logprobs: ChoiceLogprobs | None = None
 
 
@@ -313,15 +430,30 @@ class ChatCompletionResponse(BaseModel):
     system_fingerprint: str | None = None
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    """A streamed call: the first delta of call `index` has its id, type and name (here also all its arguments)."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta | None = None
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: ChatFinishReason | None = None
     logprobs: ChoiceLogprobs | None = None
 
 

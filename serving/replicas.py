@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ray import serve
@@ -24,9 +24,13 @@ from serving.engines.base import EmbeddingOutput, GenerationOutput, SamplingPara
 from serving.engines.chat_template import TemplateError
 from serving.loopback import keep_serve_grpc_on_loopback
 from serving.protocol import ApiError
+from serving.stall import ProgressWatch, StallGuard, wedge_hook
+from serving.vllm_dtype import cpu_flags, vllm_dtype
 
 logger = logging.getLogger("ray.serve.quantserve.replica")
 STATE_INTERVAL_SECONDS = 1.0
+STALL_TIMEOUT_SECONDS = 120.0  # server.limits.stall_timeout_s's default, for replicas made outside the builder
+EMBEDDING_BATCH_TOKENS = 8192  # server.limits.embedding_batch_tokens's default
 
 
 @dataclass(frozen=True)
@@ -66,14 +70,16 @@ class ReplicaMetrics:
 
 
 class TextReplicaBase:
-    """Shared request handling; subclasses set `self.engine` (see serving.engines.base.TextEngine)."""
+    """Shared request handling; subclasses set `self.engine` (see serving.engines.base.TextEngine). `settings`:
+    what the builder passes from the server section (serving.app.replica_settings)."""
 
-    def __init__(self, variant: dict) -> None:
+    def __init__(self, variant: dict, settings: dict | None = None) -> None:
         keep_serve_grpc_on_loopback()
         self.variant = ServedVariant.from_dict(variant)
+        self.settings = settings or {}
+        self._state_task: asyncio.Task | None = None
         self.engine = self.make_engine(self.variant)
         self.metrics = ReplicaMetrics(self.variant)
-        self._state_task: asyncio.Task | None = None
 
     def make_engine(self, variant: ServedVariant):
         raise NotImplementedError
@@ -98,12 +104,15 @@ class TextReplicaBase:
                                 "(server.limits.max_prompt_tokens)", param="messages", code="limit_exceeded")
         return prompt_ids
 
+    def _outputs(self, request_id: str, prompt_ids: list[int], params) -> AsyncIterator[GenerationOutput]:
+        return self.engine.generate(request_id, prompt_ids, params)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput | ApiError]:
         """The engine's outputs as they come; a refusal or a failure is an `ApiError`, the last item."""
         self._ensure_state_task()
         try:
             prompt_ids = self._prompt_ids(request)
-            async for output in self.engine.generate(request.request_id, prompt_ids, request.params):
+            async for output in self._outputs(request.request_id, prompt_ids, request.params):
                 yield output
         except ApiError as exc:
             if exc.param == "messages" and request.messages is None:  # the engine sees tokens; this was a text prompt
@@ -116,7 +125,11 @@ class TextReplicaBase:
         self._ensure_state_task()
         return asdict(self.engine.stats())
 
-    def check_health(self) -> None:
+    async def facts(self) -> dict:
+        """What does not change while the replica runs, for /v1/models."""
+        return {"backend": self.variant.backend}
+
+    async def check_health(self) -> None:
         if not self.engine.stats().ready:
             raise RuntimeError("engine not ready")
 
@@ -129,64 +142,95 @@ class TextReplicaBase:
         mark_process_dead()
 
 
-@serve.deployment(max_ongoing_requests=256, health_check_period_s=10, health_check_timeout_s=30,
-                  graceful_shutdown_timeout_s=10, graceful_shutdown_wait_loop_s=1)
+@serve.deployment(health_check_period_s=10, health_check_timeout_s=30)
 class VllmTextReplica(TextReplicaBase):
     """vLLM's engine in the replica process. Serve routes nothing to it until `__init__` (engine start and a
     warm-up request, a minute or more on CPU) has returned, so /ready shows the variant not ready until then."""
 
-    async def __init__(self, variant: dict) -> None:
-        super().__init__(variant)
-        logger.info("starting vLLM for %s from %s", self.variant.id, self.variant.folder)
+    async def __init__(self, variant: dict, settings: dict | None = None) -> None:
+        super().__init__(variant, settings)
+        logger.info("starting vLLM for %s from %s in %s", self.variant.id, self.variant.folder, self.dtype)
         started = time.monotonic()
         await self.engine.start()
         logger.info("vLLM for %s ready in %.0f s", self.variant.id, time.monotonic() - started)
 
     def make_engine(self, variant: ServedVariant):
+        import torch  # vLLM's own dependency: present wherever this replica runs
+
         from serving.engines.vllm_engine import VllmEngine, VllmEngineConfig
 
-        return VllmEngine(VllmEngineConfig.from_variant(variant))
+        config = VllmEngineConfig.from_variant(variant)
+        self.dtype = vllm_dtype(config.dtype, torch.cuda.is_available(), cpu_flags())
+        return VllmEngine(replace(config, dtype=self.dtype))
+
+    async def facts(self) -> dict:
+        return {**await super().facts(), "dtype": self.dtype, "configured_dtype": self.variant.vllm.get("dtype")}
 
 
-@serve.deployment(max_ongoing_requests=256, health_check_period_s=5, graceful_shutdown_timeout_s=10,
-                  graceful_shutdown_wait_loop_s=1)
+@serve.deployment(health_check_period_s=5)
 class OnnxTextReplica(TextReplicaBase):
+    """The ONNX engine, watched: a model thread without progress for `stall_timeout_s` while requests wait fails the
+    health check, ends its requests with a 503 and refuses new ones (serving.stall), so Serve replaces it."""
+
     def make_engine(self, variant: ServedVariant):
         from serving.engines.onnx_engine import OnnxEngine, OnnxEngineConfig
 
         logger.info("loading %s from %s", variant.id, variant.folder)
-        return OnnxEngine(OnnxEngineConfig(Path(variant.folder), variant.max_batch_size, variant.max_queue,
-                                           variant.max_context, variant.threads))
+        # Serve sends a replica at most max_batch_size requests (its max_ongoing_requests, see serving.app); the
+        # variant's max_queue waits at the router's handle, so the engine's own queue only holds what is admitted.
+        engine = OnnxEngine(OnnxEngineConfig(Path(variant.folder), variant.max_batch_size, variant.max_batch_size,
+                                             variant.max_context, variant.threads))
+        engine.batcher.fault_hook = wedge_hook(variant.id, engine.prompts.tokenizer)
+        self.watch = ProgressWatch(self.settings.get("stall_timeout_s", STALL_TIMEOUT_SECONDS))
+        self.guard = StallGuard()
+        return engine
+
+    def _outputs(self, request_id: str, prompt_ids: list[int], params) -> AsyncIterator[GenerationOutput]:
+        if self.guard.reason:
+            raise self.guard.error()
+        return self.guard.guarded(self.engine.generate(request_id, prompt_ids, params))
+
+    async def check_health(self) -> None:
+        self.watch.observe(self.engine.stats())
+        stalled = self.watch.stalled_for()
+        if stalled is not None:
+            reason = f"no progress for {stalled:.0f} s with {self.watch.waiting} requests waiting"
+            logger.error("the model thread of %s is stuck: %s", self.variant.id, reason)
+            self.guard.trip(reason)
+            raise RuntimeError(f"the model thread is stuck: {reason}")
 
 
-@serve.deployment(max_ongoing_requests=256, health_check_period_s=5, graceful_shutdown_timeout_s=10,
-                  graceful_shutdown_wait_loop_s=1)
+@serve.deployment(max_ongoing_requests=256, health_check_period_s=5)
 class EmbeddingReplica:
-    """Sentence embeddings; concurrent requests are batched into one forward pass by `@serve.batch`."""
+    """Sentence embeddings, in forward passes bounded by tokens across requests (serving.embedding_batcher)."""
 
-    def __init__(self, variant: dict) -> None:
+    def __init__(self, variant: dict, settings: dict | None = None) -> None:
+        # onnxruntime is heavy: the router, which imports this module, never loads it
+        from serving.embedding_batcher import EmbeddingBatcher
         from serving.engines.onnx_embedder import OnnxEmbedder
 
         keep_serve_grpc_on_loopback()
         self.variant = ServedVariant.from_dict(variant)
         self.embedder = OnnxEmbedder(Path(self.variant.folder), threads=self.variant.threads)
+        self.batcher = EmbeddingBatcher(self.embedder, (settings or {}).get("embedding_batch_tokens",
+                                                                            EMBEDDING_BATCH_TOKENS))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _embed_batch(self, batches: list[list[str]]) -> list[EmbeddingOutput]:
-        texts = [text for batch in batches for text in batch]
-        vectors, tokens = await asyncio.to_thread(self.embedder.embed, texts)
-        results, start = [], 0
-        for batch in batches:
-            end = start + len(batch)
-            results.append(EmbeddingOutput(vectors=vectors[start:end].tolist(), tokens=tokens[start:end]))
-            start = end
-        return results
-
-    async def embed(self, texts: list[str]) -> EmbeddingOutput:
-        return await self._embed_batch(texts)
+    async def embed(self, texts: list[str], truncate_prompt_tokens: int | None = None) -> EmbeddingOutput | ApiError:
+        """The vectors of `texts`, or the ApiError refusing them (an input past the window)."""
+        try:
+            inputs = self.batcher.encode(texts, truncate_prompt_tokens)
+        except ApiError as exc:
+            return exc
+        vectors = await self.batcher.embed(inputs)
+        return EmbeddingOutput(vectors=vectors, tokens=[len(ids) for ids in inputs])
 
     async def stats(self) -> dict:
-        return {"running": 0, "waiting": 0, "slots": 1, "ready": True, "dimensions": self.embedder.dimensions}
+        return {"running": 0, "waiting": len(self.batcher.queue), "slots": 1, "ready": True,
+                "dimensions": self.embedder.dimensions}
+
+    async def facts(self) -> dict:
+        return {"backend": self.variant.backend, "dimensions": self.embedder.dimensions,
+                "window": self.batcher.window, "batch_tokens": self.batcher.batch_tokens}
 
     def check_health(self) -> None:
         return None

@@ -7,7 +7,9 @@ import json
 from fastapi.responses import JSONResponse
 
 from serving import protocol as p
+from serving.chat_constraints import ChatConstraints
 from serving.engines.base import GenerationOutput, TokenLogprob
+from serving.engines.tool_calls import ToolCall, ToolCallStream
 
 
 def error_response(error: p.ApiError) -> JSONResponse:
@@ -86,12 +88,49 @@ def outputs_usage(outputs: list[GenerationOutput]) -> p.Usage:
     return usage(outputs[0].prompt_tokens, sum(o.completion_tokens for o in outputs))
 
 
-def chat_response(request_id: str, model: str, outputs: list[GenerationOutput]) -> p.ChatCompletionResponse:
-    choices = [p.ChatChoice(index=i, message=p.ChatResponseMessage(content=o.text), finish_reason=o.finish_reason,
-                            logprobs=chat_logprobs(o.logprobs))
-               for i, o in enumerate(outputs)]
+def chat_finish_reason(reason: str | None, called: bool) -> str | None:
+    """A choice that ended with tool calls (not cut by max_tokens) finishes with "tool_calls", as OpenAI's do."""
+    return "tool_calls" if called and reason == "stop" else reason
+
+
+def tool_calls(calls: list[ToolCall]) -> list[p.ToolCall] | None:
+    return [p.ToolCall(id=p.new_id("call"), function=p.FunctionCall(name=c.name, arguments=c.arguments))
+            for c in calls] or None
+
+
+def chat_response(request_id: str, model: str, outputs: list[GenerationOutput],
+                  constraints: ChatConstraints | None = None) -> p.ChatCompletionResponse:
+    """`constraints`: the request's (its text becomes content and tool calls); None: the text is the content."""
+    constraints = constraints or ChatConstraints()
+    choices = []
+    for index, output in enumerate(outputs):
+        content, calls = constraints.answer(output.text)
+        message = p.ChatResponseMessage(content=content, tool_calls=tool_calls(calls))
+        choices.append(p.ChatChoice(index=index, message=message,
+                                    finish_reason=chat_finish_reason(output.finish_reason, bool(calls)),
+                                    logprobs=chat_logprobs(output.logprobs)))
     return p.ChatCompletionResponse(id=request_id, created=p.now(), model=model, choices=choices,
                                     usage=outputs_usage(outputs))
+
+
+class ChatToolDeltas:
+    """One streamed chat choice read for tool calls: content as it can be released, each call whole in one
+    `tool_calls` delta once its block closes (OpenAI's delta format: index, id, type, name, then arguments)."""
+
+    def __init__(self, stream: ToolCallStream) -> None:
+        self.stream, self.sent = stream, 0
+
+    def delta(self, output: GenerationOutput) -> tuple[p.ChatDelta, str | None]:
+        text, calls = self.stream.feed(output.text)
+        if output.finish_reason is not None:
+            text += self.stream.finish()
+        deltas = [p.ToolCallDelta(index=self.sent + k, id=call.id, type="function",
+                                  function=p.FunctionCallDelta(name=call.function.name,
+                                                               arguments=call.function.arguments))
+                  for k, call in enumerate(tool_calls(calls) or [])]
+        self.sent += len(deltas)
+        delta = p.ChatDelta(content=text if text or not deltas else None, tool_calls=deltas or None)
+        return delta, chat_finish_reason(output.finish_reason, self.sent > 0)
 
 
 def completion_response(request_id: str, model: str, outputs: list[GenerationOutput], echo: str | None,
@@ -110,13 +149,15 @@ class ChunkWriter:
     """Turns a stream of (choice index, output) into SSE chunks for chat or text completions."""
 
     def __init__(self, request_id: str, model: str, chat: bool, include_usage: bool, echo: str | None = None,
-                 logprobs: bool = False) -> None:
+                 logprobs: bool = False, constraints: ChatConstraints | None = None) -> None:
         self.request_id, self.model, self.chat, self.include_usage = request_id, model, chat, include_usage
         self.created = p.now()
         self.prompt_tokens = 0
         self.completion_tokens: dict[int, int] = {}
         self.texts: dict[int, CompletionText] = {}
         self.echo, self.logprobs = echo, logprobs
+        self.constraints = constraints or ChatConstraints()
+        self.tool_deltas: dict[int, ChatToolDeltas] = {}
 
     def first(self, n: int) -> list[bytes]:
         """Chat streams open with the assistant role, one chunk per choice."""
@@ -129,12 +170,21 @@ class ChunkWriter:
         self.prompt_tokens = output.prompt_tokens
         self.completion_tokens[index] = output.completion_tokens
         if self.chat:
-            choice = p.ChatChunkChoice(index=index, delta=p.ChatDelta(content=output.text),
-                                       finish_reason=output.finish_reason, logprobs=chat_logprobs(output.logprobs))
+            delta, finish_reason = self._chat_delta(index, output)
+            choice = p.ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason,
+                                       logprobs=chat_logprobs(output.logprobs))
         else:
             text, entries = self.texts.setdefault(index, CompletionText(self.echo, self.logprobs)).part(output)
             choice = p.CompletionChoice(index=index, text=text, finish_reason=output.finish_reason, logprobs=entries)
         return self._chunk([choice])
+
+    def _chat_delta(self, index: int, output: GenerationOutput) -> tuple[p.ChatDelta, str | None]:
+        if index not in self.tool_deltas:
+            stream = self.constraints.stream()
+            if stream is None:
+                return p.ChatDelta(content=output.text), output.finish_reason
+            self.tool_deltas[index] = ChatToolDeltas(stream)
+        return self.tool_deltas[index].delta(output)
 
     def last(self) -> list[bytes]:
         """The usage chunk (when asked for, with empty choices, as OpenAI sends it) and [DONE]."""

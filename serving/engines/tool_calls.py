@@ -179,10 +179,12 @@ def tool_call_constraint(functions: Sequence[Function], choice: ToolChoice, para
 # --- parsing ---------------------------------------------------------------------------------------------------
 
 
-def parse_tool_calls(text: str, functions: Sequence[Function]) -> tuple[str | None, list[ToolCall]]:
+def parse_tool_calls(text: str, functions: Sequence[Function],
+                     max_calls: int | None = None) -> tuple[str | None, list[ToolCall]]:
     """The content (text outside call blocks; None when calls came with only whitespace around them) and the calls
-    of a finished output. A block that does not parse, or calls a function not in `functions`, stays text."""
-    stream = ToolCallStream(functions)
+    of a finished output, at most `max_calls` (`parallel_tool_calls: false` is 1: later calls are dropped). A block
+    that does not parse, or calls a function not in `functions`, stays text."""
+    stream = ToolCallStream(functions, max_calls)
     content, calls = stream.feed(text)
     content += stream.finish()
     return (None if calls and not content.strip() else content), calls
@@ -193,8 +195,10 @@ class ToolCallStream:
     the start of a `<tool_call>` tag, or is inside an unclosed block, is held back) and the calls of each block as
     it closes."""
 
-    def __init__(self, functions: Sequence[Function]) -> None:
+    def __init__(self, functions: Sequence[Function], max_calls: int | None = None) -> None:
         self.names = {f.name for f in functions}
+        self.max_calls = max_calls
+        self.calls = 0  # released so far
         self.pending = ""
 
     def feed(self, delta: str) -> tuple[str, list[ToolCall]]:
@@ -207,7 +211,7 @@ class ToolCallStream:
                 break
             block = _block_calls(self.pending[start + len(TOOL_CALL_OPEN):end], self.names)
             released.append(self.pending[:start] if block is not None else self.pending[:end + len(TOOL_CALL_CLOSE)])
-            calls += block or []
+            calls += self._within_limit(block or [])
             self.pending = self.pending[end + len(TOOL_CALL_CLOSE):]
         held = self.pending.find(TOOL_CALL_OPEN)
         if held < 0:
@@ -215,6 +219,12 @@ class ToolCallStream:
         released.append(self.pending[:held])
         self.pending = self.pending[held:]
         return "".join(released), calls
+
+    def _within_limit(self, calls: list[ToolCall]) -> list[ToolCall]:
+        if self.max_calls is not None:
+            calls = calls[: max(self.max_calls - self.calls, 0)]
+        self.calls += len(calls)
+        return calls
 
     def finish(self) -> str:
         """What was held back, as text (an unclosed block: the output ended inside it)."""

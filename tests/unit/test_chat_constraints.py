@@ -51,3 +51,12 @@ def test_what_cannot_be_honoured_is_refused_naming_the_field(response_format, to
     with pytest.raises(ConstraintError) as refused:
         ChatConstraints.from_request(response_format, tools, tool_choice, True)
     assert refused.value.param == param
+
+
+def test_without_parallel_calls_auto_keeps_the_first_call():
+    two = BLOCK.replace("\n]", ',\n{"name": "add", "arguments": {"a": 2}}\n]')
+    assert len(ChatConstraints.from_request(None, [TOOL], None, True).answer(two)[1]) == 2
+    single = ChatConstraints.from_request(None, [TOOL], None, False)
+    assert single.answer(two) == (None, [ToolCall("add", '{"a": 1}')])
+    stream = single.stream()
+    assert stream.feed(two + two) == ("", [ToolCall("add", '{"a": 1}')])
