@@ -44,7 +44,7 @@ class StepSettings:
     duration_s: float
     max_requests: int
     rate_users: int  # rate mode: the client's cap on requests in flight
-    prompts: str  # a prompt set's name or JSONL path (synthetic prompts are written to a JSONL file first)
+    prompts: str  # a prompt set's name or JSONL path; "synthetic" when each step writes its own (StepSpec.prompts)
     max_tokens: str
     slo: Slo
     seed: int  # prompt, output length and arrival choices
@@ -62,6 +62,7 @@ class StepSpec:
     label: str
     level: float
     folder: Path
+    prompts: str = ""  # this step's own prompt file (synthetic prompts); "" for the settings' prompt set
 
     @property
     def name(self) -> str:
@@ -78,7 +79,7 @@ def locust_command(step: StepSpec) -> list[str]:
         "--host", settings.target, model_flag, step.model_id, "--run-label", step.label,
         "--shape-mode", settings.mode, "--levels", f"{step.level:g}", "--rate-users", str(settings.rate_users),
         "--warmup", f"{settings.warmup_s:g}s", "--step-time", f"{settings.duration_s:g}s",
-        "--max-requests", str(settings.max_requests), "--prompts", settings.prompts,
+        "--max-requests", str(settings.max_requests), "--prompts", step.prompts or settings.prompts,
         "--max-tokens", settings.max_tokens, "--slo-ttft-ms", f"{settings.slo.ttft_ms or 0:g}",
         "--slo-tpot-ms", f"{settings.slo.tpot_ms or 0:g}", "--seed", str(settings.seed),
         "--arrivals", settings.arrivals, "--schedule-json", str(step.folder / SCHEDULE_FILE),

@@ -31,7 +31,8 @@ from quantserve.prices import DEFAULT_PRICES_PATH, PriceError, PriceTable, load_
 DEFAULT_PROFILE = "cpu-2vcpu"
 DEFAULT_USER_LEVELS = "1,2,4,8"
 DEFAULT_PROMPTS = "short"
-SYNTHETIC_PROMPTS = "prompts.jsonl"  # written into the run folder when --input-tokens is given
+SYNTHETIC = "synthetic"
+SYNTHETIC_PROMPTS = "prompts.jsonl"  # written into each step's folder when --input-tokens is given
 
 
 class RunFailed(RuntimeError):
@@ -69,7 +70,7 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
     prices_path = Path(args.prices) if args.prices else DEFAULT_PRICES_PATH
     run_id = args.run_id or f"{datetime.now():%Y%m%d-%H%M%S}-{args.model.replace(':', '-')}"
     folder = Path(args.reports_dir) / run_id
-    prompts, tokenizer = _prompt_source(args, folder)
+    prompts, tokenizer = _prompt_source(args)
     settings = StepSettings(target=target, endpoint=args.endpoint, mode=mode, warmup_s=parse_duration(args.warmup),
                             duration_s=parse_duration(args.duration), max_requests=args.max_requests,
                             rate_users=args.rate_users, prompts=prompts, max_tokens=args.max_tokens,
@@ -81,8 +82,8 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
                  input_tokens=args.input_tokens, tokenizer=tokenizer)
 
 
-def _prompt_source(args: argparse.Namespace, folder: Path) -> tuple[str, Path | None]:
-    """The prompt set the steps read, and the tokenizer that will write it when prompts are synthetic."""
+def _prompt_source(args: argparse.Namespace) -> tuple[str, Path | None]:
+    """The prompt set the steps read, or "synthetic" and the tokenizer that writes each step's prompts."""
     if not args.input_tokens:
         load_prompt_set(args.prompts or DEFAULT_PROMPTS)
         return args.prompts or DEFAULT_PROMPTS, None
@@ -91,7 +92,7 @@ def _prompt_source(args: argparse.Namespace, folder: Path) -> tuple[str, Path | 
     length_sampler(args.input_tokens, random.Random(args.seed), "input length")
     tokenizer = Path(args.tokenizer) if args.tokenizer else default_tokenizer(Path(args.config), args.model)
     load_tokenizer(tokenizer)
-    return str(folder / SYNTHETIC_PROMPTS), tokenizer
+    return SYNTHETIC, tokenizer
 
 
 def default_tokenizer(config_path: Path, model: str) -> Path:
@@ -111,7 +112,6 @@ def run_sweep(sweep: Sweep, progress: Callable[[str], None]) -> Path:
         answered = {model_id: probe(client, target, model_id, endpoint) for model_id in model_ids}
         costs = {label_for(model_id): variant_cost(sweep, model_id, progress) for model_id in model_ids}
         meta = _meta(sweep, model_ids, available, answered)
-        _write_prompts(sweep, progress)
         records, windows, error = _run_steps(sweep, model_ids, client, progress)
     meta.update(status="incomplete" if error else "complete", error=error, finished_at=_now())
     results = build_results(meta, records, costs, sweep.settings.slo, sweep.attainment, windows)
@@ -121,14 +121,15 @@ def run_sweep(sweep: Sweep, progress: Callable[[str], None]) -> Path:
     return report
 
 
-def _write_prompts(sweep: Sweep, progress) -> None:
-    if sweep.input_tokens is None:
+def write_step_prompts(sweep: Sweep, step: StepSpec, progress) -> None:
+    """The step's own synthetic prompts, one per request it may send: none repeats within the step, across steps or
+    across runs (seeded by the run id), so a server's prefix cache never answers from a prompt it saw before."""
+    if not step.prompts:
         return
-    count = sweep.settings.max_requests  # one prompt per request a step may send: none is repeated
-    lengths = write_synthetic_prompts(Path(sweep.settings.prompts), sweep.tokenizer, sweep.input_tokens, count,
-                                      sweep.settings.seed)
-    progress(f"synthetic prompts: {count} of {min(lengths)}..{max(lengths)} tokens ({sweep.input_tokens}), "
-             f"tokenizer {sweep.tokenizer}")
+    seed = f"{sweep.settings.seed}/{sweep.folder.name}/{step.label}/{step.level:g}"
+    lengths = write_synthetic_prompts(Path(step.prompts), sweep.tokenizer, sweep.input_tokens,
+                                      sweep.settings.max_requests, seed)
+    progress(f"  {step.name}: {len(lengths)} synthetic prompts of {min(lengths)}..{max(lengths)} tokens")
 
 
 def _run_steps(sweep: Sweep, model_ids: list[str], client: httpx.Client, progress) -> tuple[list, dict, str]:
@@ -140,6 +141,7 @@ def _run_steps(sweep: Sweep, model_ids: list[str], client: httpx.Client, progres
                 step = step_for(sweep, model_id, level)
                 settings = step.settings
                 progress(f"{step.name}: warm-up {settings.warmup_s:g} s, then {settings.duration_s:g} s measured")
+                write_step_prompts(sweep, step, progress)
                 found = run_step(step, progress)
                 records += found
                 windows.update({(step.label, window.level): window for window in read_windows(step)})
@@ -157,7 +159,8 @@ def _run_steps(sweep: Sweep, model_ids: list[str], client: httpx.Client, progres
 def step_for(sweep: Sweep, model_id: str, level: float) -> StepSpec:
     label = label_for(model_id)
     folder = sweep.folder / "steps" / f"{label}-{level:g}".replace(":", "-")
-    return StepSpec(sweep.settings, model_id=model_id, label=label, level=level, folder=folder)
+    prompts = str(folder / SYNTHETIC_PROMPTS) if sweep.input_tokens else ""
+    return StepSpec(sweep.settings, model_id=model_id, label=label, level=level, folder=folder, prompts=prompts)
 
 
 def _check_target_alive(sweep: Sweep, step: StepSpec, records: list[RequestRecord], client: httpx.Client) -> None:
@@ -220,7 +223,7 @@ def _meta(sweep: Sweep, model_ids: list[str], available: list[str], answered: di
             "mode": settings.mode, "levels": sweep.levels, "warmup_s": settings.warmup_s,
             "step_s": settings.duration_s, "max_requests_per_step": settings.max_requests,
             "rate_users": settings.rate_users, "arrivals": settings.arrivals if settings.mode == "rate" else None,
-            "prompts": sweep.input_tokens and "synthetic" or settings.prompts, "input_tokens": sweep.input_tokens,
+            "prompts": settings.prompts, "input_tokens": sweep.input_tokens,
             "tokenizer": str(sweep.tokenizer) if sweep.tokenizer else None, "max_tokens": settings.max_tokens,
             "exact_output": settings.exact_output, "temperature": settings.temperature,
             "seed": settings.seed, "config_file": str(sweep.config_path),

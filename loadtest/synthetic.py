@@ -49,8 +49,12 @@ def exact_prompt(tokenizer, words: list[int], n_tokens: int, rng: random.Random)
     raise WorkloadError(f"could not make a prompt of exactly {n_tokens} tokens")
 
 
-def write_synthetic_prompts(path: Path, tokenizer_path: Path, input_tokens: str, count: int, seed: int) -> list[int]:
-    """Write `count` prompts (JSONL, the prompt-set format) with lengths drawn from `input_tokens`; their lengths."""
+def write_synthetic_prompts(path: Path, tokenizer_path: Path, input_tokens: str, count: int,
+                            seed: int | str) -> list[int]:
+    """Write `count` prompts (JSONL, the prompt-set format) with lengths drawn from `input_tokens`; their lengths.
+
+    The same seed gives the same prompts. A server with a prefix cache answers a prompt it has seen faster, so each
+    load-test step draws its own (the sweep seeds them with the run id, the variant and the level)."""
     tokenizer = load_tokenizer(tokenizer_path)
     words, rng = word_ids(tokenizer), random.Random(f"prompts/{seed}")
     draw = length_sampler(input_tokens, rng, "input length")

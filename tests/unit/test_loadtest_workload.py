@@ -6,6 +6,7 @@ The tokenizer is a small byte-level BPE (the kind SmolLM2 uses) trained here, so
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import statistics
@@ -13,6 +14,9 @@ import statistics
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from loadtest import cli
+from loadtest.runner import locust_command
+from loadtest.sweep import step_for, sweep_from_args, write_step_prompts
 from loadtest.synthetic import write_synthetic_prompts
 from loadtest.workload import PromptCycle, WorkloadError, chat_request, length_sampler, load_prompt_set
 
@@ -85,3 +89,25 @@ def test_prompts_cycle_through_all_before_repeating():
     first_round = [cycle.take().id for _ in prompts]
     assert sorted(first_round) == sorted(p.id for p in prompts)
     assert [cycle.take().id for _ in prompts] == first_round
+
+
+def test_each_step_of_a_sweep_sends_prompts_no_other_step_or_run_sent(tmp_path, tokenizer_json):
+    """A prefix cache must never see a synthetic prompt twice: not across levels, variants or runs."""
+    texts = []
+    for run_id in ("run-a", "run-b"):
+        args = _run_args(tmp_path, run_id, tokenizer_json)
+        sweep = sweep_from_args(args)
+        for model_id, level in (("m:v", 1.0), ("m:v", 2.0), ("m:w", 1.0)):
+            step = step_for(sweep, model_id, level)
+            write_step_prompts(sweep, step, progress=lambda line: None)
+            assert locust_command(step)[locust_command(step).index("--prompts") + 1] == step.prompts
+            texts += [item.text for item in load_prompt_set(step.prompts)]
+    assert len(texts) == 6 * 20 and len(set(texts)) == len(texts)
+
+
+def _run_args(tmp_path, run_id: str, tokenizer_json):
+    parser = argparse.ArgumentParser()
+    cli.add_commands(parser.add_subparsers())
+    return parser.parse_args(["loadtest", "run", "--model", "m", "--rate", "1,2", "--input-tokens", "24",
+                              "--tokenizer", str(tokenizer_json), "--max-requests", "20", "--seed", "7",
+                              "--reports-dir", str(tmp_path), "--run-id", run_id])
