@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
-from quantserve.config import LoggingSpec, QuantserveConfig, ServeSpec, load_config, parse_config
+from quantserve.config import LimitsConfig, LoggingSpec, QuantserveConfig, ServeSpec, load_config, parse_config
 from quantserve.constants import DEFAULT_CONFIG_PATH
 from serving.catalog import ServedVariant, build_catalog
 from serving.replicas import EmbeddingReplica, OnnxTextReplica, VllmTextReplica
@@ -34,9 +35,31 @@ def logging_config(spec: LoggingSpec) -> dict:
     return config
 
 
-def deployment_options(variant: ServedVariant, spec: ServeSpec, logs: dict) -> dict:
+# Seconds past the request timeout that a stopping replica or router waits for in-flight requests: the router
+# ends every request by the timeout, so after this nothing is left to wait for.
+SHUTDOWN_MARGIN_SECONDS = 15
+# /health, /ready and /metrics pass no admission gate: the router's Serve-level bound leaves room for them.
+PROBE_HEADROOM = 32
+
+
+def shutdown_options(limits: LimitsConfig) -> dict:
+    """A rolling update or a scale-down stops a replica (or the router) once its requests are done, waiting up to
+    the request timeout, so that no stream is cut (Serve's default would kill it after 20 s)."""
+    return {"graceful_shutdown_timeout_s": limits.request_timeout_s + SHUTDOWN_MARGIN_SECONDS,
+            "graceful_shutdown_wait_loop_s": 1}
+
+
+def deployment_options(variant: ServedVariant, spec: ServeSpec, logs: dict, limits: LimitsConfig) -> dict:
     options = {"name": variant.deployment_name, "logging_config": logs,
-               "ray_actor_options": {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus}}
+               "ray_actor_options": {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus}, **shutdown_options(limits)}
+    if variant.kind == "chat":
+        # A replica takes what its engine can run at once; Serve sends the next request to a replica with room (of
+        # the same variant), and past `max_queue` waiting for one the handle refuses: the router tries a fallback.
+        # Serve counts requests still being routed as queued, so the bound leaves room for a burst as large as the
+        # variant's slots (fewer would refuse requests that free replicas could take).
+        replicas = spec.autoscaling.max_replicas if spec.autoscaling is not None else spec.replicas
+        options.update(max_ongoing_requests=spec.max_batch_size,
+                       max_queued_requests=spec.max_queue + spec.max_batch_size * max(replicas, 1))
     if spec.autoscaling is not None:
         options["autoscaling_config"] = {
             "min_replicas": spec.autoscaling.min_replicas, "max_replicas": spec.autoscaling.max_replicas,
@@ -45,6 +68,15 @@ def deployment_options(variant: ServedVariant, spec: ServeSpec, logs: dict) -> d
     else:
         options["num_replicas"] = spec.replicas
     return options
+
+
+def router_options(limits: LimitsConfig, logs: dict) -> dict:
+    """The router's gate (AdmissionPolicy) bounds /v1 requests; Serve's bound is a backstop past it, with the same
+    503 and Retry-After. A new router starts before the old one stops (surge), so an update leaves no gap."""
+    return {"ray_actor_options": {"num_cpus": 0.1}, "logging_config": logs, **shutdown_options(limits),
+            "max_ongoing_requests": limits.max_concurrent_requests + limits.max_queued_requests + PROBE_HEADROOM,
+            "max_queued_requests": limits.max_queued_requests, "max_surge_percent": 100,
+            "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=2)}
 
 
 def router_server_config(config: QuantserveConfig) -> dict:
@@ -56,18 +88,28 @@ def router_server_config(config: QuantserveConfig) -> dict:
     return server
 
 
+def replica_settings(config: QuantserveConfig) -> dict:
+    """What a text replica reads from the server section."""
+    return {"stall_timeout_s": config.server.limits.stall_timeout_s,
+            "embedding_batch_tokens": config.server.limits.embedding_batch_tokens}
+
+
 def build_application(config: QuantserveConfig) -> Application:
     catalog = build_catalog(config)
     logs = logging_config(config.server.logging)
-    handles = {}
+    limits = config.server.limits
+    handles, scales_to_zero = {}, []
     for variant in catalog:
         spec = config.model(variant.model).variant(variant.variant).serve
         if spec.autoscaling is None and spec.replicas == 0:
             continue  # listed and routed (to its fallbacks), never deployed: Serve refuses zero replicas
-        handles[variant.id] = deployment_class(variant).options(**deployment_options(variant, spec, logs)).bind(
-            variant.to_dict())
-    return Router.options(ray_actor_options={"num_cpus": 0.1}, logging_config=logs).bind(
-        [v.to_dict() for v in catalog], handles, router_server_config(config))
+        if spec.autoscaling is not None and spec.autoscaling.min_replicas == 0:
+            scales_to_zero.append(variant.id)
+        options = deployment_options(variant, spec, logs, limits)
+        handles[variant.id] = deployment_class(variant).options(**options).bind(variant.to_dict(),
+                                                                                replica_settings(config))
+    return Router.options(**router_options(limits, logs)).bind(
+        [v.to_dict() for v in catalog], handles, router_server_config(config), scales_to_zero)
 
 
 def build_app(args: dict) -> Application:

@@ -1,9 +1,15 @@
 """Which variant answers a request: name resolution, readiness, and fallbacks.
 
-Within a variant, Ray Serve's handle picks the replica (power of two choices on queue length). Across
-variants, the router tries the requested variant, then its `fallbacks` in order, skipping those with
-no live replica; a variant that answers "overloaded" passes the request on to the next one (FallbackChain,
-for generations and embeddings alike).
+Within a variant, Ray Serve's handle picks the replica: each replica takes at most what its engine can hold
+(`max_ongoing_requests`, set by the builder), so a full replica's request goes to another replica of the same
+variant, and waits at the handle when all are full. Across variants, the router tries the requested variant, then
+its `fallbacks` in order, skipping those that cannot answer now; a variant whose handle queue is full too (Serve's
+back-pressure) or that answers "overloaded" passes the request on to the next one (FallbackChain, for generations
+and embeddings alike).
+
+Readiness comes from Serve's own view of each deployment (`serve.status()`), read once a second without calling
+any replica: a variant with a running replica is ready; one configured to scale to zero (`min_replicas: 0`) and
+healthy is ready to scale (a request to it scales it up), and the probe never wakes it.
 """
 
 from __future__ import annotations
@@ -22,26 +28,70 @@ from serving.protocol import ApiError
 
 logger = logging.getLogger("ray.serve.quantserve.router")
 PROBE_INTERVAL_SECONDS = 1.0
-PROBE_TIMEOUT_SECONDS = 2.0
+FACTS_TIMEOUT_SECONDS = 5.0
 RETRY_AFTER_SECONDS = "2"
 # A call that failed because its replica is gone or restarting: the variant is down, its fallbacks may answer.
 REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
-# The replica's queue is full (Serve's max_queued_requests): try a fallback, the variant itself is fine.
+# Every replica is full and so is the handle's queue (Serve's max_queued_requests): try a fallback.
 REPLICA_BUSY = (BackPressureError,)
+UNHEALTHY = {"UNHEALTHY", "DEPLOY_FAILED"}
 Answer = TypeVar("Answer")
 
 
 @dataclass
 class VariantState:
+    """What the router knows of a variant. `status`: running (a replica answers), scaled_to_zero (none runs, a
+    request scales it up), not_deployed (configured with no replicas), or Serve's word for a deployment that cannot
+    answer now (starting, updating, unhealthy, ...). `facts`: what its engine reported once (vLLM's dtype)."""
+
     variant: ServedVariant
     handle: object | None  # a Ray Serve DeploymentHandle; None for a variant configured with no replicas
-    ready: bool = False
-    stats: dict = field(default_factory=dict)
+    scales_to_zero: bool = False
+    status: str = "starting"
+    facts: dict = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        """Whether a request sent now is answered by this variant (at once, or once it has scaled up)."""
+        return self.status in ("running", "scaled_to_zero")
+
+    def mark_gone(self) -> None:
+        """A call found its replica gone: not ready until Serve shows a running one again."""
+        self.status = "replica_gone"
+
+    def observe(self, deployment) -> None:
+        """Take Serve's status of this variant's deployment (a DeploymentStatusOverview; None: not known yet)."""
+        if self.handle is None:
+            status = "not_deployed"
+        elif deployment is None:
+            status = "starting"
+        elif deployment.replica_states.get("RUNNING", 0) > 0:
+            status = "running"
+        elif self.scales_to_zero and _name(deployment.status) not in UNHEALTHY:
+            status = "scaled_to_zero"
+        else:
+            status = _name(deployment.status).lower()
+        if status != self.status:
+            logger.info("variant %s is %s", self.variant.id, status)
+            self.status = status
+
+
+def _name(status) -> str:
+    return str(getattr(status, "value", status))
+
+
+def serve_deployments(app_name: str) -> dict:
+    """Deployment name -> Serve's DeploymentStatusOverview for the application (blocking: call it in a thread)."""
+    from ray import serve
+
+    application = serve.status().applications.get(app_name)
+    return dict(application.deployments) if application is not None else {}
 
 
 class VariantDirectory:
-    def __init__(self, variants: list[ServedVariant], handles: dict[str, object]) -> None:
-        self.states = {v.id: VariantState(v, handles.get(v.id)) for v in variants}
+    def __init__(self, variants: list[ServedVariant], handles: dict[str, object],
+                 scales_to_zero: set[str] = frozenset()) -> None:
+        self.states = {v.id: VariantState(v, handles.get(v.id), v.id in scales_to_zero) for v in variants}
         self.defaults = {v.model: v.id for v in variants if v.is_default}
         for variant in variants:  # a model whose default is not served answers with its first served variant
             self.defaults.setdefault(variant.model, variant.id)
@@ -61,36 +111,48 @@ class VariantDirectory:
     def known_ids(self) -> list[str]:
         return sorted(self.defaults) + sorted(self.states)
 
+    def chain(self, state: VariantState) -> list[VariantState]:
+        """The variant and its fallbacks, in order."""
+        return [state] + [self.states[f"{state.variant.model}:{name}"] for name in state.variant.fallbacks
+                          if f"{state.variant.model}:{name}" in self.states]
+
     def candidates(self, state: VariantState) -> list[VariantState]:
-        """The requested variant and its fallbacks that have a live replica, in order; 503 if none."""
-        chain = [state] + [self.states[f"{state.variant.model}:{name}"] for name in state.variant.fallbacks
-                           if f"{state.variant.model}:{name}" in self.states]
-        live = [candidate for candidate in chain if candidate.ready]
+        """The requested variant and its fallbacks that can answer now, in order; 503 if none."""
+        live = [candidate for candidate in self.chain(state) if candidate.ready]
         if not live:
             raise ApiError(503, f"No healthy replica for `{state.variant.id}` or its fallbacks; retry shortly",
                            code="no_healthy_replica", headers={"Retry-After": RETRY_AFTER_SECONDS})
         return live
 
-    async def probe_forever(self, on_probe) -> None:
-        """Ask every variant's replicas for their stats (a variant with none answering is not ready), then hand
-        every state to `on_probe`, so that a variant that never became ready is reported too."""
+    def models_answerable(self) -> dict[str, bool]:
+        """Each model: whether a request for it (its default variant) can be answered, itself or by a fallback."""
+        return {model: any(c.ready for c in self.chain(self.states[vid])) for model, vid in self.defaults.items()}
+
+    async def probe_forever(self, app_name: str, on_probe) -> None:
+        """Read Serve's status of every variant's deployment, then hand every state to `on_probe` (a variant that
+        never became ready is reported too). Once a variant runs, its engine's facts are asked for, once."""
         while True:
-            await asyncio.gather(*(self._probe(state) for state in self.states.values()))
+            try:
+                deployments = await asyncio.to_thread(serve_deployments, app_name)
+            except Exception as exc:  # the controller is busy or restarting: keep the last view
+                logger.warning("could not read Serve's status: %s", exc)
+            else:
+                for state in self.states.values():
+                    state.observe(deployments.get(state.variant.deployment_name))
+                    if state.status == "running" and not state.facts:
+                        asyncio.get_running_loop().create_task(self._learn_facts(state))
             for state in self.states.values():
                 on_probe(state)
             await asyncio.sleep(PROBE_INTERVAL_SECONDS)
 
-    async def _probe(self, state: VariantState) -> None:
-        ready = False
-        if state.handle is not None:  # None: configured with no replicas
-            try:
-                state.stats = await asyncio.wait_for(state.handle.stats.remote(), PROBE_TIMEOUT_SECONDS)
-                ready = bool(state.stats.get("ready", True))
-            except Exception as exc:  # a dead or missing replica: any failure means not ready
-                logger.debug("probe of %s failed: %s", state.variant.id, exc)
-        if ready != state.ready:
-            logger.info("variant %s is %s", state.variant.id, "ready" if ready else "NOT ready")
-            state.ready = ready
+    @staticmethod
+    async def _learn_facts(state: VariantState) -> None:
+        state.facts = {"pending": True}  # one question at a time
+        try:
+            state.facts = await asyncio.wait_for(state.handle.facts.remote(), FACTS_TIMEOUT_SECONDS)
+        except Exception as exc:  # asked again at the next probe
+            logger.debug("facts of %s not known yet: %s", state.variant.id, exc)
+            state.facts = {}
 
 
 class FallbackChain:
@@ -113,7 +175,8 @@ class FallbackChain:
                 return await ask(candidate)
             except REPLICA_GONE + REPLICA_BUSY as exc:
                 logger.warning("variant %s failed before it answered: %s", candidate.variant.id, exc)
-                candidate.ready = candidate.ready and isinstance(exc, REPLICA_BUSY)
+                if not isinstance(exc, REPLICA_BUSY):
+                    candidate.mark_gone()
             except ApiError as exc:
                 if exc.status != 503:
                     raise

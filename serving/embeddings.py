@@ -1,4 +1,5 @@
-"""`/v1/embeddings`: call the embedding variant (or its fallback) and shape OpenAI's response."""
+"""`/v1/embeddings`: call the embedding variant (or its fallback) within the request timeout and shape OpenAI's
+response."""
 
 from __future__ import annotations
 
@@ -9,20 +10,34 @@ import numpy as np
 from serving import protocol as p
 from serving.dispatch import FallbackChain, VariantState
 from serving.engines.base import EmbeddingOutput
+from serving.generation import Deadline
 from serving.request_meter import RequestMeter, recorded_status
 
 
-async def embedding_response(chain: FallbackChain, body: p.EmbeddingRequest,
-                             meter: RequestMeter) -> tuple[p.EmbeddingResponse, VariantState]:
-    """The response and the variant that answered; the request is recorded by `meter` either way."""
+async def embedding_response(chain: FallbackChain, body: p.EmbeddingRequest, meter: RequestMeter,
+                             deadline: Deadline) -> tuple[p.EmbeddingResponse, VariantState]:
+    """The response and the variant that answered; the request is recorded by `meter` either way. Past the
+    deadline it is a 504 and the replica drops what it had not embedded yet."""
     try:
-        result = await chain.first_answer(lambda candidate: candidate.handle.embed.remote(body.texts()))
+        result = await deadline.wait(chain.first_answer(lambda candidate: _embed(candidate, body)))
         response = _shape(body, result)
     except BaseException as exc:
         meter.finish(recorded_status(exc), chain.current.variant)
         raise
     meter.finish(200, chain.current.variant, prompt_tokens=response.usage.prompt_tokens)
     return response, chain.current
+
+
+async def _embed(candidate: VariantState, body: p.EmbeddingRequest) -> EmbeddingOutput:
+    response = candidate.handle.embed.remote(body.texts(), body.truncate_prompt_tokens)
+    try:
+        result = await response
+    except BaseException:
+        response.cancel()  # a timeout or a client gone: the replica stops waiting for this request's passes
+        raise
+    if isinstance(result, p.ApiError):
+        raise result
+    return result
 
 
 def _shape(body: p.EmbeddingRequest, result: EmbeddingOutput) -> p.EmbeddingResponse:

@@ -23,7 +23,7 @@ from serving.auth import ApiKeys, read_keys
 from serving.catalog import ServedVariant
 from serving.dispatch import FallbackChain, VariantDirectory, VariantState
 from serving.embeddings import embedding_response
-from serving.generation import Generation, full_response, stream_body
+from serving.generation import Deadline, Generation, full_response, stream_body
 from serving.limits import check_embedding, check_generation
 from serving.loopback import keep_serve_grpc_on_loopback
 from serving.metrics import CONTENT_TYPE, QuantserveMetrics, render_metrics
@@ -82,8 +82,12 @@ def validation_error(errors: list[dict]) -> p.ApiError:
 
 
 @app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(validation_error(exc.errors()))
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    error = validation_error(exc.errors())
+    admission: AdmissionPolicy | None = getattr(request.app.state, "admission", None)
+    if admission is not None:
+        admission.refused(request.url.path, error)
+    return error_response(error)
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -114,29 +118,34 @@ def openapi_with_models(variants: list[ServedVariant]) -> dict:
     return schema
 
 
-@serve.deployment(max_ongoing_requests=512, graceful_shutdown_timeout_s=10, graceful_shutdown_wait_loop_s=1)
+@serve.deployment(max_ongoing_requests=512, graceful_shutdown_wait_loop_s=1)
 @serve.ingress(app)
 class Router:
-    def __init__(self, variants: list[dict], handles: dict[str, object], server: dict | None = None) -> None:
+    """The OpenAI ingress. `scales_to_zero`: the variants configured with `min_replicas: 0`, which are ready to
+    scale, not down, while no replica runs. Its deployment options (shutdown grace, queue) come from the builder."""
+
+    def __init__(self, variants: list[dict], handles: dict[str, object], server: dict | None = None,
+                 scales_to_zero: list[str] = ()) -> None:
         keep_serve_grpc_on_loopback()
         server_config = ServerConfig.model_validate(server or {})
         self.limits = server_config.limits
+        self.metrics = QuantserveMetrics()
         keys = ApiKeys(read_keys(server_config.auth))
         self.rate_limiter = RateLimiter(server_config.rate_limits, keys.limits)
-        self.admission = AdmissionPolicy(keys, self.rate_limiter, self.limits)
+        self.admission = AdmissionPolicy(keys, self.rate_limiter, self.limits, self.metrics)
         app.state.admission = self.admission
         logger.info("API keys: %s; rate limits: %s", f"{len(keys)} configured" if keys.enabled else "off",
                     server_config.rate_limits.model_dump(exclude_none=True) or "off")
         self.variants = [ServedVariant.from_dict(v) for v in variants]
-        self.directory = VariantDirectory(self.variants, handles)
+        self.directory = VariantDirectory(self.variants, handles, set(scales_to_zero))
         app.openapi_schema = openapi_with_models(self.variants)
-        self.metrics = QuantserveMetrics()
         self._probe_task: asyncio.Task | None = None
 
     def _start_probing(self) -> None:
         if self._probe_task is None:
+            app_name = serve.get_replica_context().app_name
             self._probe_task = asyncio.get_running_loop().create_task(
-                self.directory.probe_forever(self._publish_readiness))
+                self.directory.probe_forever(app_name, self._publish_readiness))
 
     def _publish_readiness(self, state: VariantState) -> None:
         v = state.variant
@@ -161,12 +170,19 @@ class Router:
     async def health(self) -> dict:
         return {"status": "ok"}
 
-    @app.get("/ready", responses={503: {"description": "some variant has no ready replica, or the server drains"}})
+    @app.get("/ready", responses={503: {"description": "a model cannot be answered (its default variant and its "
+                                                       "fallbacks are down), or the server drains"}})
     async def ready(self) -> JSONResponse:
+        """200 while every model's default variant can be answered, by itself or a fallback. `variants`: whether
+        each variant can answer now (a variant scaled to zero can: a request scales it up); `states`: Serve's view
+        of each (running, scaled_to_zero, not_deployed, starting, unhealthy, ...)."""
         self._start_probing()
-        states = {vid: s.ready for vid, s in self.directory.states.items()}
-        ready = all(states.values()) and not self.admission.draining
-        return JSONResponse({"ready": ready, "draining": self.admission.draining, "variants": states},
+        models = self.directory.models_answerable()
+        ready = all(models.values()) and not self.admission.draining
+        states = self.directory.states
+        return JSONResponse({"ready": ready, "draining": self.admission.draining, "models": models,
+                             "variants": {vid: s.ready for vid, s in states.items()},
+                             "states": {vid: s.status for vid, s in states.items()}},
                             status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=Response,
@@ -179,9 +195,11 @@ class Router:
         created = int(time.time())
         cards = []
         for v in self.variants:
+            facts = self.directory.states[v.id].facts
             meta = {"backend": v.backend, "bits": v.bits, "format": v.format, "size_bytes": v.size_bytes,
                     "price_per_hour": v.price_per_hour, "hardware_profile": v.hardware_profile, "kind": v.kind,
-                    "perplexity": v.perplexity, "max_context": v.max_context, "fallbacks": list(v.fallbacks)}
+                    "perplexity": v.perplexity, "max_context": v.max_context, "fallbacks": list(v.fallbacks),
+                    "engine": None if not facts or facts.get("pending") else facts}
             if v.is_default:
                 cards.append(p.ModelCard(id=v.model, created=created, default_variant=v.variant, **meta))
             cards.append(p.ModelCard(id=v.id, created=created, root=v.model, **meta))
@@ -202,7 +220,8 @@ class Router:
         state = self.directory.resolve(body.model, "embedding")
         logger.info("/v1/embeddings for %s, key %s%s", state.variant.id, request.state.key_id, caller(body))
         meter = self._meter(request, "/v1/embeddings", state)
-        response, answered = await embedding_response(FallbackChain(self.directory, state), body, meter)
+        response, answered = await embedding_response(FallbackChain(self.directory, state), body, meter,
+                                                       Deadline(self.limits.request_timeout_s))
         return JSONResponse(response.model_dump(), headers={VARIANT_HEADER: answered.variant.variant})
 
     def _meter(self, request: Request, endpoint: str, state: VariantState) -> RequestMeter:

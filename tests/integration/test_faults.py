@@ -118,6 +118,8 @@ def test_sigterm_refuses_new_requests_finishes_in_flight_ones_then_exits(drainin
             refused = response
     assert refused is not None, "new requests were still taken after SIGTERM"
     assert refused.json()["error"]["code"] == "shutting_down" and int(refused.headers["retry-after"]) > 0
+    refusals = httpx.get(f"{app.url}/metrics", timeout=10).text  # counted by reason (in no metric before)
+    assert 'quantserve_requests_refused_total{code="503",endpoint="/v1/completions",reason="shutting_down"}' in refusals
 
     reader.join(timeout=60)
     assert events[0] == 200 and events[-1] == "[DONE]"

@@ -133,6 +133,24 @@ def test_tokens_per_minute_refuse_once_the_used_tokens_reach_the_limit(guarded):
     assert "tokens per minute" in refusal.message and int(refusal.response.headers["retry-after"]) >= 1
 
 
+def refusals(guarded, code: str, reason: str) -> float:
+    """quantserve_requests_refused_total for (code, reason) on /v1/completions, from the router's /metrics."""
+    line = f'quantserve_requests_refused_total{{code="{code}",endpoint="/v1/completions",reason="{reason}"}} '
+    text = httpx.get(f"{guarded.url}/metrics", timeout=10).text
+    return sum(float(row.removeprefix(line)) for row in text.splitlines() if row.startswith(line))
+
+
+def test_admission_refusals_are_counted_by_reason(guarded):
+    """401 and 429 were in no metric before (admission answered them before any route ran)."""
+    unauthorized, limited = refusals(guarded, "401", "invalid_api_key"), refusals(guarded, "429", "rate_limit_exceeded")
+    http_post(guarded, "/v1/completions", {"model": CHAT, "prompt": "hi", "max_tokens": 1}, key=WRONG)
+    assert refusals(guarded, "401", "invalid_api_key") == unauthorized + 1
+    answers = [http_post(guarded, "/v1/completions", {"model": CHAT, "prompt": "hi", "max_tokens": 1}, key=BRAVO)
+               for _ in range(5)]  # BRAVO may start 3 a minute
+    refused = sum(answer.status_code == 429 for answer in answers)
+    assert refused > 0 and refusals(guarded, "429", "rate_limit_exceeded") == limited + refused
+
+
 # --- logs --------------------------------------------------------------------------------------------
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from quantserve.config import AuthConfig, ConfigError, LimitsConfig, RateLimitConfig
 from serving import protocol as p
-from serving.admission import AdmissionPolicy
+from serving.admission import AdmissionPolicy, BodyTooLarge, RequestGate, read_body, replaying
 from serving.auth import ANONYMOUS, ApiKey, ApiKeys, key_id, read_keys
 from serving.rate_limits import RateLimiter
 from tests.helpers import HandClock
@@ -135,3 +137,44 @@ def test_a_draining_server_turns_requests_away_with_503():
         gate.admit("GET", {})
     assert refused.value.status == 503 and refused.value.code == "shutting_down"
     assert int(refused.value.headers["Retry-After"]) > 0
+
+
+# --- the queue in front of the router and chunked bodies ---------------------------------------------
+
+
+def test_the_gate_lets_in_its_places_queues_the_next_and_refuses_past_the_queue():
+    async def scenario():
+        gate = RequestGate(concurrent=1, queued=1)
+        await gate.enter()
+        queued = asyncio.create_task(gate.enter())
+        await asyncio.sleep(0)
+        assert gate.waiting == 1 and not queued.done()
+        with pytest.raises(p.ApiError) as refused:
+            await gate.enter()
+        assert refused.value.status == 503 and refused.value.code == "queue_full"
+        assert int(refused.value.headers["Retry-After"]) > 0
+        gate.leave()
+        await asyncio.wait_for(queued, 1)  # the queued one gets the place that was freed
+        gate.leave()
+
+    asyncio.run(scenario())
+
+
+def body_messages(chunks: list[bytes]):
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    return receive
+
+
+def test_a_chunked_body_is_counted_as_it_arrives():
+    async def scenario():
+        assert await read_body(body_messages([b"ab", b"cd"]), limit=4) == b"abcd"
+        with pytest.raises(BodyTooLarge):
+            await read_body(body_messages([b"ab", b"cd", b"e", b"never read"]), limit=4)
+        replay = replaying(b"abcd", body_messages([]))
+        assert (await replay())["body"] == b"abcd" and (await replay())["type"] == "http.disconnect"
+
+    asyncio.run(scenario())
