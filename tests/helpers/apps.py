@@ -22,7 +22,7 @@ def serving_test_config(models_dir: Path) -> dict:
     - smollm2-135m:onnx-int8 has no replica and falls back to onnx-int4 (the fallback path);
     - smollm2-135m:gptq-int4 has no replica and no fallback (the 503 path);
     - minilm-l6-v2:onnx-fp32 has no replica (embeddings answer from onnx-int8);
-    - smollm2-135m:vllm-bf16 has no replica here (tests/integration/test_vllm_replica.py starts it in an app of
+    - smollm2-135m:vllm has no replica here (tests/integration/test_vllm_replica.py starts it in an app of
       its own);
     - requests time out after REQUEST_TIMEOUT_SECONDS.
     Contexts are shortened to keep KV buffers small.
@@ -34,7 +34,7 @@ def serving_test_config(models_dir: Path) -> dict:
         ("smollm2-135m", "onnx-int8"): {"replicas": 0, "fallbacks": ["onnx-int4"]},
         ("smollm2-135m", "gptq-int4"): {"replicas": 0, "fallbacks": []},
         ("minilm-l6-v2", "onnx-fp32"): {"replicas": 0},
-        ("smollm2-135m", "vllm-bf16"): {"replicas": 0},  # vLLM has its own app (vllm_app), started once
+        ("smollm2-135m", "vllm"): {"replicas": 0},  # vLLM has its own app (vllm_app), started once
     }
     for model in config["models"]:
         for variant in model["variants"]:

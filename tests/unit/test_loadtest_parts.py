@@ -152,7 +152,7 @@ def test_locust_side_imports_no_serving_code():
 
 @pytest.mark.parametrize(("title", "deployment"), [
     ("ray::ServeReplica:quantserve:Router", "Router"),
-    ("ray::ServeReplica:quantserve:smollm2-135m--vllm-bf16.initialize_and_get_metadata", "smollm2-135m--vllm-bf16"),
+    ("ray::ServeReplica:quantserve:smollm2-135m--vllm.initialize_and_get_metadata", "smollm2-135m--vllm"),
     ("ray::ServeReplica:quantserve:qwen2.5-1b--onnx-int4", "qwen2.5-1b--onnx-int4"),
     ("ray::ServeReplica:quantserve:qwen2.5-1b--onnx-int4.generate", "qwen2.5-1b--onnx-int4"),
 ])
