@@ -38,6 +38,11 @@ def memory_bandwidth_gbs(size_mb: int = 512) -> float:
     return 2 * source.nbytes / (time.perf_counter() - started) / 1e9
 
 
+def variant_folder(model_dir: Path, name: str) -> Path:
+    """The folder the ONNX engine loads for a built variant (its manifest's serve path)."""
+    return model_dir / name / read_manifest(model_dir).variants[name].serve_paths["onnx"]
+
+
 def onnx_engine(folder: Path, slots: int):
     from serving.engines.onnx_engine import OnnxEngine, OnnxEngineConfig
 
@@ -122,17 +127,10 @@ def bench_ceiling(model_dir: Path, repeats: int, tokens: int) -> list[dict]:
 
 def profile_decode_ops(folder: Path, steps: int) -> list[dict]:
     """ONNX Runtime's own profiler over one prefill and `steps` batch-1 decode steps: time per operator type."""
-    import onnxruntime as ort
-
     from serving.engines.onnx_model import SlotKVModel
 
-    model = SlotKVModel(folder, slots=1, context_length=512)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    options.enable_profiling = True
-    options.profile_file_prefix = str(Path("/tmp") / f"quantserve-profile-{time.monotonic_ns()}")
-    model.session = ort.InferenceSession(str(folder / model.shape.filename), options,
-                                         providers=["CPUExecutionProvider"])
+    model = SlotKVModel(folder, slots=1, context_length=512,
+                        profile_prefix=str(Path("/tmp") / f"quantserve-profile-{time.monotonic_ns()}"))
     prompt = np.arange(1, 33)[None, :]
     logits = model.forward(0, prompt, [prompt.shape[1]])
     for step in range(steps):
