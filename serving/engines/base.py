@@ -107,6 +107,10 @@ class GenerationOutput:
     queue_seconds: float = 0.0  # time the request waited for a batch slot (set on the first output)
     replica_seconds: float = 0.0  # share of engine step time this request used, total so far
     prompt_logprobs: list[TokenLogprob] | None = None  # one per prompt token, on the first output, when asked for
+    # Parts of the time to the first token, from the first output on; None where the backend does not measure them:
+    prefill_seconds: float | None = None  # prefill began -> the prompt's last chunk ran (decode steps in between)
+    first_sample_seconds: float | None = None  # choosing the first token and turning it into text
+    cached_tokens: int | None = None  # prompt tokens reused from the prefix cache; None: no prefix cache
 
     def followed_by(self, later: GenerationOutput) -> GenerationOutput:
         """This output and the next one of the same request as one: text, tokens and logprobs joined, the totals
@@ -116,7 +120,8 @@ class GenerationOutput:
             prompt_tokens=later.prompt_tokens, completion_tokens=later.completion_tokens,
             finish_reason=later.finish_reason, logprobs=self.logprobs + later.logprobs,
             queue_seconds=self.queue_seconds, replica_seconds=later.replica_seconds,
-            prompt_logprobs=self.prompt_logprobs,
+            prompt_logprobs=self.prompt_logprobs, prefill_seconds=self.prefill_seconds,
+            first_sample_seconds=self.first_sample_seconds, cached_tokens=self.cached_tokens,
         )
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from serving.engines.base import EngineError, EngineStats, GenerationOutput, SamplingParams
 from serving.engines.grammar import TokenGrammars
 from serving.engines.onnx_model import SlotKVModel
+from serving.engines.prefill_plan import ChunkPlanner
+from serving.engines.prefix_cache import PrefixCache
 from serving.engines.prompts import PromptEncoder
 from serving.engines.scheduler import ContinuousBatcher
 
@@ -17,11 +19,26 @@ _NOTHING = object()
 
 @dataclass(frozen=True)
 class OnnxEngineConfig:
+    """`prefill_chunk_tokens` 0 runs each prompt whole (running streams wait for it); `prefill_share`: see
+    prefill_plan.ChunkPlanner; `prefix_cache_mib` 0 turns the prefix cache off."""
+
     folder: Path
     max_batch_size: int = 8
     max_queue: int = 64
     context_length: int = 2048
     threads: int = 1
+    prefill_chunk_tokens: int = 512
+    prefill_share: float = 0.8
+    prefix_cache_mib: int = 256
+
+    @classmethod
+    def from_variant(cls, variant) -> OnnxEngineConfig:
+        """From a serving.catalog.ServedVariant (its `onnx` dict is quantserve.config.OnnxSpec)."""
+        onnx = variant.onnx
+        return cls(Path(variant.folder), variant.max_batch_size, variant.max_queue, variant.max_context,
+                   variant.threads, onnx.get("prefill_chunk_tokens", cls.prefill_chunk_tokens),
+                   onnx.get("prefill_share", cls.prefill_share),
+                   onnx.get("prefix_cache_mib", cls.prefix_cache_mib) if onnx.get("prefix_cache", True) else 0)
 
 
 class OnnxEngine:
@@ -32,7 +49,11 @@ class OnnxEngine:
         model = SlotKVModel(config.folder, config.max_batch_size, config.context_length, config.threads)
         grammars = TokenGrammars.from_tokenizer(self.prompts.tokenizer, model.shape.eos_token_ids,
                                                 model.shape.vocab_size, config.threads)
-        self.batcher = ContinuousBatcher(model, self.prompts.tokenizer, config.max_queue, grammars)
+        planner = ChunkPlanner(config.prefill_chunk_tokens, config.prefill_share)
+        cache_tokens = config.prefix_cache_mib * 2**20 // model.kv_bytes_per_token
+        prefix_cache = PrefixCache(cache_tokens) if cache_tokens else None
+        self.batcher = ContinuousBatcher(model, self.prompts.tokenizer, config.max_queue, grammars, planner,
+                                         prefix_cache)
 
     async def start(self) -> None:
         return None
@@ -69,7 +90,7 @@ class OnnxEngine:
 
     def stats(self) -> EngineStats:
         batcher = self.batcher
-        return EngineStats(running=len(batcher.running), waiting=len(batcher.waiting), slots=batcher.model.slots,
+        return EngineStats(running=batcher.occupied, waiting=len(batcher.waiting), slots=batcher.model.slots,
                            context_length=batcher.model.context_length,
                            generated_tokens_total=batcher.generated_tokens_total, ready=True,
                            busy_seconds_total=batcher.busy_seconds_total)

@@ -1,14 +1,19 @@
 """Iteration-level (continuous) batching over a `SlotKVModel`.
 
-One thread owns the model. Each iteration it drops aborted sequences, admits waiting requests into free
-slots (one prefill each, a few per iteration so running streams keep flowing), then runs one decode step
-over every running sequence together and samples every row at once (sampling.BatchSampler). Finished
-sequences leave at once; the last running sequence moves into each freed slot, so that running slots stay
-packed at 0..n-1 with one move per departure.
+One thread owns the model. Each iteration it drops aborted sequences, takes the next waiting request into
+prefill when a slot is free, runs one decode step over every running sequence together and samples every row
+at once (sampling.BatchSampler), then runs one chunk of the prompt being prefilled. The chunk is sized so that
+the running streams' next token waits little longer than a decode step (prefill_plan.py), so a long prompt
+arriving slows them down instead of stopping them. A prompt that starts like one prefilled before takes those
+positions from the prefix cache (prefix_cache.py) and prefills only the rest. Finished sequences leave at once.
 
-A failure stays with its request: a prefill (its own forward pass), or the sampling, detokenizing or
-logprobs of one sequence, ends that request with a 500 and the others go on. Only a failure of the shared
-decode forward pass ends every running request.
+Slots: running sequences stay packed at 0..n-1, which the decode step binds as one batch; the sequence being
+prefilled sits in slot n. A departure moves the last running sequence into the freed slot and the prefilling
+one down to the new n: one move each.
+
+A failure stays with its request: its prefill, or the sampling, detokenizing or logprobs of one sequence, ends
+that request with a 500 and the others go on. Only a failure of the shared decode forward pass ends every
+running request.
 
 Results cross to the asyncio side through `loop.call_soon_threadsafe`, one event per token.
 """
@@ -16,73 +21,44 @@ Results cross to the asyncio side through `loop.call_soon_threadsafe`, one event
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.engines.base import EngineError, GenerationOutput, SamplingParams, TokenLogprob, check_prompt_fits
+from serving.engines.base import EngineError, SamplingParams, check_prompt_fits
 from serving.engines.detokenizer import IncrementalDetokenizer, TokenBytes
 from serving.engines.grammar import ConstraintError, LogitBias, TokenGrammars
 from serving.engines.logprobs import LogprobWriter
 from serving.engines.onnx_model import SlotKVModel
+from serving.engines.prefill import PromptRunner
+from serving.engines.prefill_plan import ChunkPlanner
+from serving.engines.prefix_cache import PrefixCache
 from serving.engines.sampling import BatchSampler, SequenceSampling
+from serving.engines.sequence import Sequence
 
-PREFILLS_PER_ITERATION = 2
 logger = logging.getLogger("ray.serve.quantserve.engine")
 
 
-@dataclass
-class Sequence:
-    request_id: str
-    prompt_ids: list[int]
-    params: SamplingParams
-    max_tokens: int
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue
-    sampling: SequenceSampling
-    detokenizer: IncrementalDetokenizer
-    submitted: float = field(default_factory=time.monotonic)
-    queue_seconds: float = 0.0
-    replica_seconds: float = 0.0
-    length: int = 0  # tokens in this sequence's KV cache
-    generated: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
-    failed: bool = False
-    prompt_logprobs: list[TokenLogprob] | None = None  # sent with the first output
-
-    @property
-    def leaving(self) -> bool:
-        return self.finish_reason is not None or self.failed
-
-    def publish(self, output: GenerationOutput | EngineError | None) -> None:
-        # The consumer's event loop may be gone (its caller gave up); the batcher must go on regardless.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.events.put_nowait, output)
-
-    def output(self, text: str, token_ids: list[int], logprobs: list[TokenLogprob]) -> GenerationOutput:
-        prompt_logprobs, self.prompt_logprobs = self.prompt_logprobs, None
-        return GenerationOutput(
-            text=text, token_ids=token_ids, prompt_tokens=len(self.prompt_ids), completion_tokens=len(self.generated),
-            finish_reason=self.finish_reason, logprobs=logprobs, queue_seconds=self.queue_seconds,
-            replica_seconds=self.replica_seconds, prompt_logprobs=prompt_logprobs)
-
-
 class ContinuousBatcher:
-    def __init__(self, model: SlotKVModel, tokenizer, max_queue: int, grammars: TokenGrammars | None = None) -> None:
+    """`planner`: chunked prefill (ChunkPlanner(max_tokens=0) runs each prompt whole); `prefix_cache`: None
+    turns prefix reuse off."""
+
+    def __init__(self, model: SlotKVModel, tokenizer, max_queue: int, grammars: TokenGrammars | None = None,
+                 planner: ChunkPlanner | None = None, prefix_cache: PrefixCache | None = None) -> None:
         self.model, self.tokenizer, self.max_queue = model, tokenizer, max_queue
         self.grammars = grammars  # None: no constrained decoding (a request with a constraint is refused)
+        self.planner = planner if planner is not None else ChunkPlanner()
         self.sampler = BatchSampler(grammars=grammars)
         self.logprobs = LogprobWriter(tokenizer, TokenBytes(tokenizer))
         self.waiting: deque[Sequence] = deque()
-        self.admitting: deque[Sequence] = deque()  # taken from `waiting` this iteration, not prefilled yet
+        self.prefilling: Sequence | None = None  # in slot len(running) while its prompt runs chunk by chunk
         self.running: list[Sequence] = []
         self.aborted: set[str] = set()
+        self.prompts = PromptRunner(model, self.logprobs, self.planner, prefix_cache)
         self.generated_tokens_total = 0
         self.busy_seconds_total = 0.0
         # Test-only, None in service: called with each sequence before its next token is accepted; an exception
@@ -92,6 +68,11 @@ class ContinuousBatcher:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="continuous-batcher", daemon=True)
         self._thread.start()
+
+    @property
+    def occupied(self) -> int:
+        """Slots in use: the running sequences and the one being prefilled."""
+        return len(self.running) + (self.prefilling is not None)
 
     # --- called from the asyncio side -------------------------------------------------------------
 
@@ -139,67 +120,76 @@ class ContinuousBatcher:
 
     def _run(self) -> None:
         """The model thread's loop. What escapes an iteration (the shared decode pass failing) ends the running
-        and admitted requests, never the thread."""
+        and prefilling requests, never the thread."""
         while not self._stopping:
             try:
                 self._iterate()
             except Exception:
                 logger.exception("engine step failed; ending the running requests with an error")
-                for sequence in [*self.running, *self.admitting]:
+                for sequence in [*self.running, *([self.prefilling] if self.prefilling else [])]:
                     sequence.publish(EngineError(500, "the engine failed while generating; see the replica's log",
                                                  code="engine_error"))
                     sequence.publish(None)
-                self.running, self.admitting = [], deque()
+                    self.prompts.forget(sequence)
+                self.running, self.prefilling = [], None
 
     def _iterate(self) -> None:
         with self._condition:
-            while not (self.waiting or self.running or self._stopping):
+            while not (self.waiting or self.running or self.prefilling or self._stopping):
                 self._condition.wait()
             if self._stopping:
                 return
-            self.admitting.extend(self._take_admissions())
             aborted, self.aborted = self.aborted, set()
+            self.waiting = deque(s for s in self.waiting if s.request_id not in aborted)
+            admitted = None
+            if self.prefilling is None and self.waiting and len(self.running) < self.model.slots:
+                admitted = self.waiting.popleft()
         self._drop(lambda s, gone=aborted: s.request_id in gone, publish=False)
-        while self.admitting:
-            sequence = self.admitting.popleft()
-            if sequence.request_id not in aborted:
-                self._prefill(sequence)
-        if self.running:
-            self._decode_step()
+        if admitted is not None:
+            self._begin_prefill(admitted)
+        decode_seconds = self._decode_step() if self.running else None
+        if self.prefilling is not None:
+            self._prefill_chunk(self.prefilling, decode_seconds)
 
-    def _take_admissions(self) -> list[Sequence]:
-        admitted = []
-        free = self.model.slots - len(self.running)
-        while self.waiting and len(admitted) < min(free, PREFILLS_PER_ITERATION):
-            admitted.append(self.waiting.popleft())
-        waiting_ids = {s.request_id for s in self.waiting}
-        for request_id in self.aborted & waiting_ids:
-            self.waiting = deque(s for s in self.waiting if s.request_id != request_id)
-        return admitted
-
-    def _prefill(self, sequence: Sequence) -> None:
-        started = time.monotonic()
-        sequence.queue_seconds = started - sequence.submitted
-        self.running.append(sequence)
-        sequence.length = len(sequence.prompt_ids)
+    def _begin_prefill(self, sequence: Sequence) -> None:
+        sequence.prefill_started = time.monotonic()
+        sequence.queue_seconds = sequence.prefill_started - sequence.submitted
+        self.prefilling = sequence
         try:
-            logits = self.model.forward(len(self.running) - 1, np.array([sequence.prompt_ids]), [sequence.length])[0]
-            if sequence.params.prompt_logprobs is not None:
-                sequence.prompt_logprobs = self.logprobs.prompt(logits, sequence.prompt_ids,
-                                                                sequence.params.prompt_logprobs)
+            self.prompts.begin(sequence, len(self.running))
         except Exception:
             self._fail(sequence, "prefill")
-        elapsed = time.monotonic() - started
+            self._drop(lambda s: s.leaving, publish=True)
+
+    def _prefill_chunk(self, sequence: Sequence, decode_seconds: float | None) -> None:
+        """One chunk of the prompt in slot len(running); when it was the last, the sequence's first token (or,
+        for max_tokens 0, its answer) and its place among the running sequences."""
+        started = time.monotonic()
+        try:
+            logits, tokens = self.prompts.run_chunk(sequence, len(self.running), decoding=bool(self.running))
+            if sequence.prefilled:
+                self.prompts.finish(sequence, len(self.running))
+        except Exception:
+            self._fail(sequence, "prefill")
+        sequence.prefill_ended = time.monotonic()
+        elapsed = sequence.prefill_ended - started
         sequence.replica_seconds += elapsed
         self.busy_seconds_total += elapsed
-        if not sequence.failed and sequence.max_tokens == 0:  # the prompt only: its logprobs are the answer
-            sequence.finish_reason = "length"
-            sequence.publish(sequence.output("", [], []))
-        elif not sequence.failed:
-            self._advance([sequence], logits[-1:])
+        if not sequence.failed and decode_seconds is not None:
+            self.planner.observe(tokens, elapsed, decode_seconds)
+        if not sequence.failed and sequence.prefilled:
+            sequence.prefill_seconds = sequence.prefill_ended - sequence.prefill_started
+            self.prefilling = None
+            self.running.append(sequence)
+            if sequence.max_tokens == 0:  # the prompt only: its logprobs are the answer
+                sequence.finish_reason = "length"
+                sequence.publish(sequence.output("", [], []))
+            else:
+                self._advance([sequence], logits)
         self._drop(lambda s: s.leaving, publish=True)
 
-    def _decode_step(self) -> None:
+    def _decode_step(self) -> float:
+        """One token for every running sequence; returns the step's seconds, sampling and publishing included."""
         started = time.monotonic()
         running = self.running
         input_ids = np.array([[s.generated[-1]] for s in running])
@@ -212,6 +202,7 @@ class ContinuousBatcher:
             sequence.replica_seconds += share
         self._advance(running, logits[:, -1])
         self._drop(lambda s: s.leaving, publish=True)
+        return time.monotonic() - started
 
     def _advance(self, sequences: list[Sequence], rows: np.ndarray) -> None:
         """Sample the next token of each sequence (one row of `rows` each) and accept it; a failure ends only
@@ -243,6 +234,8 @@ class ContinuousBatcher:
     def _accept(self, sequence: Sequence, row: np.ndarray, token: int) -> None:
         """Record the token, turn it into text, decide whether the sequence is finished, publish."""
         sequence.generated.append(token)
+        if len(sequence.generated) == 1:
+            sequence.first_sample_seconds = time.monotonic() - sequence.prefill_ended
         sequence.sampling.record(token)
         self.generated_tokens_total += 1
         params, detokenizer = sequence.params, sequence.detokenizer
@@ -271,7 +264,14 @@ class ContinuousBatcher:
 
     def _drop(self, leaving: Callable[[Sequence], bool], publish: bool) -> None:
         """Remove the sequences for which `leaving` is true. Each freed slot below the new count takes the last
-        staying sequence, so one sequence moves per departure and running slots stay packed at 0..n-1."""
+        staying sequence, so one sequence moves per departure and running slots stay packed at 0..n-1; the
+        prefilling sequence follows them down to slot n."""
+        prefilling = self.prefilling
+        if prefilling is not None and leaving(prefilling):
+            self.prefilling = None
+            self.prompts.forget(prefilling)
+            if publish:
+                prefilling.publish(None)
         gone = [leaving(s) for s in self.running]
         if not any(gone):
             return
@@ -286,3 +286,5 @@ class ContinuousBatcher:
             self.model.move_slot(source, hole, self.running[source].length)
             packed[hole] = self.running[source]
         self.running = packed
+        if self.prefilling is not None:
+            self.model.move_slot(len(gone), count, self.prefilling.length)

@@ -58,13 +58,13 @@ async def three_streams_and(engine: OnnxEngine, prompts: list[str], odd_one: Sam
     return results[0], results[1:]
 
 
-def fail_after(engine: OnnxEngine, request_id: str, tokens: int, admitting: list[int] | None = None):
-    """A fault hook failing `request_id` once it has `tokens` tokens (0: in its prefill); it notes how many
-    admitted requests were still waiting for their prefill at that moment."""
+def fail_after(engine: OnnxEngine, request_id: str, tokens: int, waiting: list[int] | None = None):
+    """A fault hook failing `request_id` once it has `tokens` tokens (0: at the end of its prefill); it notes how
+    many requests were still waiting for their prefill at that moment."""
     def hook(sequence) -> None:
         if sequence.request_id == request_id and len(sequence.generated) >= tokens:
-            if admitting is not None:
-                admitting.append(len(engine.batcher.admitting))
+            if waiting is not None:
+                waiting.append(len(engine.batcher.waiting))
             raise RuntimeError("injected by the test")
     return hook
 
@@ -85,19 +85,19 @@ def test_a_tiny_temperature_samples_greedily_beside_three_streams(engine, prompt
 
 
 def test_when_the_first_of_two_admitted_requests_fails_in_prefill_the_second_completes(engine, prompts):
-    still_admitting: list[int] = []
-    engine.batcher.fault_hook = fail_after(engine, "first", 0, still_admitting)
+    still_waiting: list[int] = []
+    engine.batcher.fault_hook = fail_after(engine, "first", 0, still_waiting)
 
     async def scenario():
         first = asyncio.ensure_future(collect(engine.generate("first", prompts[0], STREAM)))
         second = asyncio.ensure_future(collect(engine.generate("second", prompts[1], STREAM)))
-        # Holding the batcher's lock while both submit makes the model thread admit them in one iteration.
+        # Holding the batcher's lock while both submit makes them queue together, the second behind the first.
         with engine.batcher._condition:
             await asyncio.sleep(0.2)
         return await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), DEADLINE_SECONDS)
 
     first, second = asyncio.run(scenario())
-    assert still_admitting == [1]  # the second was admitted with the first and not prefilled yet when it failed
+    assert still_waiting == [1]  # the second was queued behind the first, not prefilled yet, when it failed
     assert isinstance(first, EngineError) and first.status == 500
     assert second.finish_reason is not None and second.completion_tokens > 0
     assert wait_for(lambda: engine.stats().running == 0, timeout=10)  # its slot is freed too
