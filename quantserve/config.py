@@ -142,6 +142,21 @@ class VllmSpec(StrictModel):
         "mode was also seen to answer wrongly. Turn off on a GPU for faster decoding")
 
 
+class OnnxSpec(StrictModel):
+    """ONNX engine settings, for variants with `backend: onnx` (serving/engines/prefill_plan.py, prefix_cache.py)."""
+
+    prefix_cache: bool = Field(True, description="Keep prompts' KV caches in host memory; a prompt that starts with "
+                               "the same tokens as an earlier one (a system prompt, earlier chat turns) reuses them "
+                               "instead of computing them again")
+    prefix_cache_mib: int = Field(256, ge=1, le=1_048_576, description="Host memory for the prefix cache (least "
+                                  "recently used prompts are dropped first)")
+    prefill_chunk_tokens: int = Field(512, ge=0, le=131072, description="Most prompt tokens computed in one forward "
+                                      "pass; 0 runs every prompt whole, and running streams wait for it")
+    prefill_share: float = Field(0.8, gt=0, le=100, description="While streams decode, each iteration's prompt "
+                                 "chunk is sized to take about this fraction of a decode step, so a long prompt "
+                                 "arriving slows the streams' tokens by about (1 + this) instead of stopping them")
+
+
 class ServeSpec(StrictModel):
     """How a variant is served."""
 
@@ -154,10 +169,17 @@ class ServeSpec(StrictModel):
     max_batch_size: int = Field(8, ge=1, le=256, description="Sequences decoded together by one replica")
     max_queue: int = Field(64, ge=0, description="Requests waiting for a batch slot before 503")
     max_context: int = Field(2048, ge=64, le=131072, description="KV-cache positions per sequence (prompt + output)")
-    threads: int = Field(1, ge=1, le=256, description="ONNX Runtime intra-op threads per replica")
+    threads: int | None = Field(None, ge=1, le=256, description="ONNX Runtime intra-op threads per replica; unset: "
+                                "one per whole CPU in num_cpus (at least one)")
     hardware_profile: str = Field("cpu-2vcpu", description="Key in quantserve/prices.yaml; sets $ per replica-hour")
     fallbacks: list[Name] = Field(default_factory=list, description="Variants of the same model to try, in order")
     vllm: VllmSpec = VllmSpec()
+    onnx: OnnxSpec = OnnxSpec()
+
+    @property
+    def intra_op_threads(self) -> int:
+        """`threads`, or the whole CPUs the replica is given: a replica of 0.5 CPU shares a core and runs one."""
+        return self.threads if self.threads is not None else max(1, int(self.num_cpus))
 
     @model_validator(mode="after")
     def _gpus_for_tensor_parallelism(self) -> ServeSpec:

@@ -30,6 +30,7 @@ class ServedVariant:
     max_context: int
     threads: int
     vllm: dict = field(default_factory=dict)  # quantserve.config.VllmSpec, for backend vllm
+    onnx: dict = field(default_factory=dict)  # quantserve.config.OnnxSpec, for backend onnx
     cache_dir: str = ""  # where an engine may keep caches (vLLM's compile cache), inside models_dir
 
     @property
@@ -86,8 +87,9 @@ def build_catalog(config: QuantserveConfig, prices: dict[str, float] | None = No
                 hardware_profile=spec.hardware_profile, price_per_hour=prices.get(spec.hardware_profile, 0.0),
                 fallbacks=tuple(spec.fallbacks), is_default=variant.name == model.default_variant,
                 perplexity=record.quality.perplexity, max_batch_size=spec.max_batch_size, max_queue=spec.max_queue,
-                max_context=spec.max_context, threads=spec.threads,
+                max_context=spec.max_context, threads=spec.intra_op_threads,
                 vllm=spec.vllm.model_dump() if spec.backend == "vllm" else {},
+                onnx=spec.onnx.model_dump() if spec.backend == "onnx" else {},
                 cache_dir=str((model_dir / ".cache").resolve()),
             ))
     return served

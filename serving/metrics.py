@@ -99,6 +99,7 @@ class QuantserveMetrics:
         self.registry = registry
         self._init_request_metrics(registry)
         self._init_replica_metrics(registry)
+        self._init_prompt_metrics(registry)
 
     def _init_request_metrics(self, registry: CollectorRegistry | None) -> None:
         def histogram(name: str, doc: str, buckets: Sequence[float]) -> Histogram:
@@ -215,6 +216,37 @@ class QuantserveMetrics:
         self.record_replica_state(labels, running=0, waiting=0, slot_use_ratio=0.0)
         self.replica_generation_tokens.labels(*labels.values()).inc(0)
         self.replica_busy.labels(*labels.values()).inc(0)
+
+    def _init_prompt_metrics(self, registry: CollectorRegistry | None) -> None:
+        self.first_token_parts = Histogram(
+            "quantserve_replica_first_token_seconds", "Parts of a request's time to first token spent in its replica, "
+            "by stage: template_tokenize (chat template and tokenizer), queue (waiting for a batch slot), prefill "
+            "(its prompt's forward passes, decode steps of other requests in between), first_sample (choosing the "
+            "first token and turning it into text). The router hop is the rest of quantserve_time_to_first_token_"
+            "seconds: the two _sum series' difference.", (*REPLICA_LABELS, "stage"), buckets=LATENCY_BUCKETS,
+            registry=registry)
+        self.prefix_cache_requests = Counter(
+            "quantserve_replica_prefix_cache_requests_total", "Prompts looked up in the replica's prefix cache, by "
+            "result: hit (leading tokens reused) or miss. Hit rate: hit / (hit + miss).", (*REPLICA_LABELS, "result"),
+            registry=registry)
+        self.prefix_cache_tokens = Counter(
+            "quantserve_replica_prefix_cache_tokens_total", "Prompt tokens of requests looked up in the prefix cache, "
+            "by result: reused (taken from the cache) or computed (prefilled).", (*REPLICA_LABELS, "result"),
+            registry=registry)
+
+    def record_first_token_parts(self, labels: ReplicaLabels, parts: dict[str, float | None]) -> None:
+        """Engine replica, at a request's first output: the stages of its time to first token it measured (None:
+        not measured by this backend)."""
+        for stage, seconds in parts.items():
+            if seconds is not None:
+                self.first_token_parts.labels(*labels.values(), stage).observe(seconds)
+
+    def record_prefix_cache(self, labels: ReplicaLabels, prompt_tokens: int, cached_tokens: int) -> None:
+        """Engine replica, at a request's first output: how much of its prompt came from the prefix cache."""
+        values = labels.values()
+        self.prefix_cache_requests.labels(*values, "hit" if cached_tokens else "miss").inc()
+        self.prefix_cache_tokens.labels(*values, "reused").inc(cached_tokens)
+        self.prefix_cache_tokens.labels(*values, "computed").inc(prompt_tokens - cached_tokens)
 
     def record_replica_state(self, labels: ReplicaLabels, *, running: int, waiting: int,
                              slot_use_ratio: float) -> None:

@@ -68,6 +68,14 @@ class ReplicaMetrics:
         if tokens or busy:
             self.metrics.record_replica_step(self.labels, generated_tokens=tokens, step_seconds=busy)
 
+    def first_output(self, template_seconds: float, output: GenerationOutput) -> None:
+        """A request's first output: the parts of its time to first token, and its prefix-cache lookup."""
+        self.metrics.record_first_token_parts(self.labels, {
+            "template_tokenize": template_seconds, "queue": output.queue_seconds, "prefill": output.prefill_seconds,
+            "first_sample": output.first_sample_seconds})
+        if output.cached_tokens is not None:
+            self.metrics.record_prefix_cache(self.labels, output.prompt_tokens, output.cached_tokens)
+
 
 class TextReplicaBase:
     """Shared request handling; subclasses set `self.engine` (see serving.engines.base.TextEngine). `settings`:
@@ -111,8 +119,13 @@ class TextReplicaBase:
         """The engine's outputs as they come; a refusal or a failure is an `ApiError`, the last item."""
         self._ensure_state_task()
         try:
+            started = time.monotonic()
             prompt_ids = self._prompt_ids(request)
+            template_seconds, first = time.monotonic() - started, True
             async for output in self._outputs(request.request_id, prompt_ids, request.params):
+                if first:
+                    self.metrics.first_output(template_seconds, output)
+                    first = False
                 yield output
         except ApiError as exc:
             if exc.param == "messages" and request.messages is None:  # the engine sees tokens; this was a text prompt
@@ -178,8 +191,7 @@ class OnnxTextReplica(TextReplicaBase):
         logger.info("loading %s from %s", variant.id, variant.folder)
         # Serve sends a replica at most max_batch_size requests (its max_ongoing_requests, see serving.app); the
         # variant's max_queue waits at the router's handle, so the engine's own queue only holds what is admitted.
-        engine = OnnxEngine(OnnxEngineConfig(Path(variant.folder), variant.max_batch_size, variant.max_batch_size,
-                                             variant.max_context, variant.threads))
+        engine = OnnxEngine(replace(OnnxEngineConfig.from_variant(variant), max_queue=variant.max_batch_size))
         engine.batcher.fault_hook = wedge_hook(variant.id, engine.prompts.tokenizer)
         self.watch = ProgressWatch(self.settings.get("stall_timeout_s", STALL_TIMEOUT_SECONDS))
         self.guard = StallGuard()
