@@ -1,6 +1,7 @@
 """`quantserve plan` on recorded results: a real open-loop run of every smollm2-135m variant (0.5, 1 and 2 req/s,
 128-token synthetic prompts, 32 output tokens, 2 busy cores; `tests/data/loadtest/plan/run-2026-12-02/`) and the
-manifest the variants had then (`tests/data/loadtest/plan/models/`).
+manifest and config the variants had then (`tests/data/loadtest/plan/models/`, `tests/data/loadtest/plan/quantserve.yaml`:
+the recorded run names variants, such as `vllm-bf16`, that the live config may since have renamed).
 
 What the recorded figures say, read off results.json and the manifest (per replica, the 0.5 req/s step was offered
 0.417 req/s, and no variant met a 3 s p90 TTFT at 1 req/s or above):
@@ -30,7 +31,7 @@ USD_PER_HOUR = price_per_hour(load_prices(), "cpu-2vcpu")
 
 
 def plan(tmp_path, *target: str):
-    return run_quantserve("plan", str(RUN), *target, "--config", "quantserve.yaml", "--models-dir",
+    return run_quantserve("plan", str(RUN), *target, "--config", str(DATA / "quantserve.yaml"), "--models-dir",
                           str(DATA / "models"), "--output-dir", str(tmp_path / "plan"), timeout=120)
 
 
