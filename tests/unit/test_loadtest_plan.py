@@ -1,7 +1,7 @@
 """`quantserve plan` on recorded results: a real open-loop run of every smollm2-135m variant (0.5, 1 and 2 req/s,
 128-token synthetic prompts, 32 output tokens, 2 busy cores; `tests/data/loadtest/plan/run-2026-12-02/`) and the
-manifest and config the variants had then (`tests/data/loadtest/plan/models/`, `tests/data/loadtest/plan/quantserve.yaml`:
-the recorded run names variants, such as `vllm-bf16`, that the live config may since have renamed).
+manifest and config the variants had then (`tests/data/loadtest/plan/models/` and `quantserve.yaml` beside it: the
+recorded run names variants, such as `vllm-bf16`, that the live config may since have renamed).
 
 What the recorded figures say, read off results.json and the manifest (per replica, the 0.5 req/s step was offered
 0.417 req/s, and no variant met a 3 s p90 TTFT at 1 req/s or above):
