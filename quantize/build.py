@@ -43,7 +43,7 @@ from quantserve.manifest import (
 )
 
 # Bump a method's number when its output changes for the same inputs, so cached variants are rebuilt.
-BUILD_CODE_VERSIONS = {"base": 1, "onnx": 2, "gptq": 3, "blockwise": 1, "embedding-onnx": 2}
+BUILD_CODE_VERSIONS = {"base": 1, "onnx": 2, "gptq": 3, "blockwise": 2, "embedding-onnx": 2}
 TRACKED_LIBRARIES = ("onnxruntime", "onnxruntime-genai", "gptqmodel", "transformers", "torch", "onnx")
 
 

@@ -21,7 +21,7 @@ def load_results(path: Path) -> list[dict]:
 
 def describe(spec: dict) -> str:
     if "onnx" in spec:
-        return f"built elsewhere ({Path(spec['onnx']).name})"
+        return spec.get("how", f"built elsewhere ({Path(spec['onnx']).name})")
     skip = {"method", "calibration", "bits"}
     parts = [f"{k}={v}" for k, v in spec.items() if k not in skip and v not in ({}, None)]
     calibration = spec.get("calibration")
@@ -41,8 +41,8 @@ def render_table(results: list[dict]) -> str:
     lines = ["| candidate | how | size MB | × fp16 | ppl Δ% (95% CI) | agreement | build s | decode tok/s (batch 1) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in sorted(results, key=lambda r: r["x_fp16"]):
-        speed = f"{r['decode_tokens_per_s']:.1f}"
-        if reference:
+        speed = "-" if r["decode_tokens_per_s"] is None else f"{r['decode_tokens_per_s']:.1f}"
+        if reference and r["decode_tokens_per_s"] is not None:
             speed += f" ({r['decode_tokens_per_s'] / reference:.2f}×)"
         build = "-" if r["build_seconds"] is None else f"{r['build_seconds']:.0f}"
         lines.append(f"| {r['name']} | {describe(r['spec'])} | {r['bytes'] / 1e6:.1f} | {r['x_fp16']:.3f} | "
@@ -56,16 +56,19 @@ def plot_frontier(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 5))
-    for r in results:
+    figure, axes = plt.subplots(figsize=(9, 5.5))
+    shown = sorted((r for r in results if r["x_fp16"] <= 1.05), key=lambda r: r["quality"]["perplexity_delta_pct"])
+    for index, r in enumerate(shown):
         quality = r["quality"]
         low, high = quality["perplexity_delta_interval_pct"]
         delta = quality["perplexity_delta_pct"]
         axes.errorbar(r["x_fp16"], delta, yerr=[[delta - low], [high - delta]], fmt="o", capsize=3)
-        axes.annotate(r["name"], (r["x_fp16"], delta), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        offset = (8, -10 if index % 2 else 6)  # alternate sides: candidates of equal size sit on one vertical
+        axes.annotate(r["name"], (r["x_fp16"], delta), textcoords="offset points", xytext=offset, fontsize=7)
+    axes.set_xscale("log")
     axes.axvline(SIZE_TARGET, color="grey", linestyle="--", linewidth=1)
     axes.axhline(DELTA_TARGET, color="grey", linestyle="--", linewidth=1)
-    axes.set_xlabel("size ÷ fp16 (what the ONNX replica loads)")
+    axes.set_xlabel("size ÷ fp16 (what the ONNX replica loads; log scale; fp32 at 2.0× not shown)")
     axes.set_ylabel("perplexity change against fp32, % (95 % paired bootstrap interval)")
     axes.set_title("SmolLM2-135M 4-bit candidates: size against perplexity (target: lower left of the dashes)")
     axes.grid(alpha=0.3)

@@ -38,10 +38,16 @@ def run_method(spec: BuildSpec, base_dir: Path, source_path: Path, out: Path, ca
         from quantize.blockwise import build_blockwise
         from quantize.onnx_export import convert_gptq_to_onnx
 
+        # The checkpoint is only the builder's input: the variant folder is the ONNX model, laid out like any
+        # other ONNX variant. Beside `out`, so an interrupted build's clean-up (`.tmp-*`) removes it too.
         hf_config = check_causal_lm_folder(base_dir)
-        notes = build_blockwise(base_dir, out / "checkpoint", spec, hf_config)
-        convert_gptq_to_onnx(base_dir, out / "checkpoint", out / "onnx", cache_dir / "builder", hf_config, label)
-        return {"format": "onnx", "bits": spec.bits, "backends": ["onnx"], "serve_paths": {"onnx": "onnx"},
+        checkpoint = out.parent / f"{out.name}-checkpoint"
+        try:
+            notes = build_blockwise(base_dir, checkpoint, spec, hf_config)
+            convert_gptq_to_onnx(base_dir, checkpoint, out, cache_dir / "builder", hf_config, label)
+        finally:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        return {"format": "onnx", "bits": spec.bits, "backends": ["onnx"], "serve_paths": {"onnx": "."},
                 "notes": json.dumps(notes)}
     if isinstance(spec, EmbeddingOnnxBuild):
         from quantize.embedding import export_embedding

@@ -24,7 +24,7 @@ def table_rows(manifest: ModelManifest) -> list[list[str]]:
                 variant.format,
                 str(variant.bits),
                 f"{variant.total_bytes / 1e6:.1f}",
-                f"{variant.total_bytes / reference:.2f}" if reference else "-",
+                f"{variant.total_bytes / reference:.3f}" if reference else "-",
                 perplexity_cell(quality),
                 delta_cell(quality),
                 _agreement(quality.greedy_agreement, quality.cosine_to_reference),

@@ -19,7 +19,7 @@ def test_the_shipped_config_parses():
     config = load_config("quantserve.yaml")
     chat = config.model("smollm2-135m")
     assert chat.default_variant in [v.name for v in chat.variants]
-    assert {v.build.method for v in chat.variants} == {"onnx", "gptq", "base"}
+    assert {v.build.method for v in chat.variants} == {"onnx", "blockwise", "gptq", "base"}
     assert {v.serve.backend for v in chat.variants} == {"onnx", "vllm"}
 
 
