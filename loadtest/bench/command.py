@@ -4,8 +4,9 @@ This machine is shared and noisy, so every figure is a ratio of two things measu
 (interleaved, repeated, the median kept). Sections: (1) router overhead, (2) continuous batching against
 transformers, (3) decode against the memory-bandwidth ceiling with a profile, (4) the ONNX engine against vLLM's,
 (5) the variants with $ per 1M tokens from a short load test, (6) the load generator's headroom, (7) what
-constrained decoding (a JSON schema) costs the ONNX engine. Writes bench/results.json and BENCHMARKS.md; `--quick`
-runs every section at its smallest to keep the scripts working.
+constrained decoding (a JSON schema) costs the ONNX engine, (8) prefill tokens/s per variant, (9) one intra-op
+thread against two, (10) a long prompt arriving beside decoding streams, (11) the prefix cache. Writes
+bench/results.json and BENCHMARKS.md; `--quick` runs every section at its smallest to keep the scripts working.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from loadtest.bench import constraints, engines, headroom, router, variants
+from loadtest.bench import constraints, engines, headroom, prefill, router, variants
 from loadtest.bench.report import render_markdown
 from loadtest.machine import describe_machine, versions
 from quantserve.config import load_config, parse_config
@@ -29,7 +30,8 @@ from quantserve.manifest import read_manifest
 from serving.launcher import running_app
 from serving.serve_cli import LOOPBACK_ENV
 
-SECTIONS = ("router", "batching", "ceiling", "backends", "variants", "headroom", "constraints")
+SECTIONS = ("router", "batching", "ceiling", "backends", "variants", "headroom", "constraints", "prefill", "threads",
+            "long_prompt", "prefix_cache")
 MODEL = "smollm2-135m"
 ROUTED = "onnx-int4"
 
@@ -81,7 +83,8 @@ def engine_sections(args, plan: dict, model_dir: Path) -> dict:
     if "ceiling" in args.sections:
         print("bench: decode against the bandwidth ceiling", flush=True)
         results["ceiling"] = engines.bench_ceiling(model_dir, plan["repeats"], plan["tokens"])
-        results["profile"] = engines.profile_decode_ops(model_dir / "onnx-int4", plan["profile_steps"])
+        results["profile"] = engines.profile_decode_ops(engines.variant_folder(model_dir, "onnx-int4"),
+                                                        plan["profile_steps"])
     if "batching" in args.sections:
         print("bench: continuous batching against transformers", flush=True)
         results["batching"] = engines.bench_batching(model_dir, plan["levels"], plan["repeats"], plan["tokens"])
@@ -93,6 +96,27 @@ def engine_sections(args, plan: dict, model_dir: Path) -> dict:
         print("bench: constrained decoding in the ONNX engine", flush=True)
         results["constraints"] = constraints.bench_constraints(model_dir, plan["constraint_levels"], plan["repeats"],
                                                                plan["tokens"])
+    return results | prompt_sections(args, plan, model_dir)
+
+
+def prompt_sections(args, plan: dict, model_dir: Path) -> dict:
+    """Issue 16's prompt-side sections (loadtest/bench/prefill.py); each row records the machine's load."""
+    runs = {
+        "prefill": ("prefill tokens/s per variant", lambda: prefill.bench_prefill(
+            model_dir, plan["repeats"], plan["prefill_tokens"])),
+        "threads": ("one intra-op thread against two", lambda: prefill.bench_threads(
+            model_dir, plan["repeats"], plan["tokens"], plan["thread_levels"])),
+        "long_prompt": ("a long prompt arriving beside decoding streams", lambda: prefill.bench_long_prompt(
+            model_dir, plan["repeats"], plan["long_prompt_tokens"], plan["long_prompt_streams"], plan["tokens"])),
+        "prefix_cache": ("a request sharing a prefix", lambda: prefill.bench_prefix_cache(
+            model_dir, plan["repeats"], plan["prefix_tokens"])),
+    }
+    results = {}
+    for name, (title, measure) in runs.items():
+        if name in args.sections:
+            print(f"bench: {title}", flush=True)
+            load = prefill.machine_load()
+            results[name] = [{**row, **load} for row in measure()]
     return results
 
 
@@ -150,12 +174,14 @@ def full_plan() -> dict:
             "vllm_dtypes": ["float32", "bfloat16"], "profile_steps": 64, "router_requests": 64,
             "router_modes": [("throughput-optimized", ()), ("default data plane", ("--no-throughput-mode",))],
             "sweep_users": "1,2,4", "sweep_duration": "15s", "headroom_users": [8, 32], "headroom_seconds": 10,
-            "constraint_levels": [1, 8]}
+            "constraint_levels": [1, 8], "prefill_tokens": 512, "thread_levels": [1, 4], "long_prompt_tokens": 2000,
+            "long_prompt_streams": 4, "prefix_tokens": 1000}
 
 
 def quick_plan() -> dict:
     return {"repeats": 1, "tokens": 8, "levels": [1, 2], "backend_levels": [1, 2], "vllm_dtypes": ["float32"],
             "profile_steps": 4, "router_requests": 8, "router_modes": [("throughput-optimized", ())],
             "sweep_users": "1", "sweep_duration": "3s", "headroom_users": [4], "headroom_seconds": 3,
-            "constraint_levels": [1, 2]}
+            "constraint_levels": [1, 2], "prefill_tokens": 64, "thread_levels": [1], "long_prompt_tokens": 256,
+            "long_prompt_streams": 2, "prefix_tokens": 200}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from loadtest.bench.constraints import constraints_section
 from loadtest.bench.isa import bf16_arithmetic, vector_isa
+from loadtest.bench.prefill_report import long_prompt_section, prefill_section, prefix_cache_section, threads_section
 from quantserve.constants import DEFAULT_CONFIG_PATH
 
 SERVER_BOUND_HEADROOM = 2.0  # the client drove at least this many times the load test's fastest rate
@@ -262,7 +263,11 @@ def render_markdown(results: dict) -> str:
                 ("backends", lambda: backends_section(results["backends"], results)),
                 ("variants", lambda: variants_section(results["variants"], machine)),
                 ("headroom", lambda: headroom_section(results["headroom"], results.get("sweep_max_requests_per_s"))),
-                ("constraints", lambda: constraints_section(results["constraints"]))]
+                ("constraints", lambda: constraints_section(results["constraints"])),
+                ("prefill", lambda: prefill_section(results["prefill"], machine)),
+                ("threads", lambda: threads_section(results["threads"], machine)),
+                ("long_prompt", lambda: long_prompt_section(results["long_prompt"])),
+                ("prefix_cache", lambda: prefix_cache_section(results["prefix_cache"]))]
     for name, render in sections:
         if name in results:
             lines += [*render(), ""]

@@ -17,7 +17,7 @@ def quick_bench(built_models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
     command = [sys.executable, "-m", "quantserve.cli", "bench", "--quick", "--models-dir", str(built_models),
                "--output", str(folder), "--markdown", str(folder / "BENCHMARKS.md")]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads((folder / "results.json").read_text()), (folder / "BENCHMARKS.md").read_text()
 
@@ -60,3 +60,16 @@ def test_variants_and_headroom(quick_bench):
     assert all(row["requests_per_s"] > 0 and row["errors"] == 0 for row in results["headroom"])
     for section in range(1, 7):
         assert f"## {section}. " in markdown
+
+
+def test_prompt_sections(quick_bench):
+    results, markdown = quick_bench
+    assert {row["variant"] for row in results["prefill"]} == {"onnx-fp32", "onnx-int8", "onnx-int4", "gptq-int4"}
+    assert all(row["tokens_per_s"] > 0 and row["tokens_per_cpu_s"] > 0 for row in results["prefill"])
+    assert {(row["threads"], row["streams"]) for row in results["threads"]} == {(1, 1), (2, 1)}
+    by = {(row["prefill"], row["case"]): row for row in results["long_prompt"]}
+    assert by[("whole", "long prompt arrives")]["long_ttft_s"] > 0 and by[("chunked", "streams alone")]["samples"] > 0
+    hit = next(row for row in results["prefix_cache"] if row["cache"] == "on" and row["request"] == "sharing")
+    assert hit["cached_tokens"] > 0.9 * results["plan"]["prefix_tokens"]
+    for heading in ("Prefill of a", "Intra-op threads", "prompt arriving beside", "Prefix cache"):
+        assert heading in markdown
