@@ -32,6 +32,10 @@ RAY_START = {"head": [str(Path(sys.executable).parent / "ray"), "start"],
              "worker": [sys.executable, "-m", "tests.helpers.ray_start_loopback", "start"]}
 LOOPBACK = "127.0.0.1"
 NODE_START_TIMEOUT_SECONDS = 300
+# On a busy 2-core machine Ray's processes start slowly: a raylet must register with the GCS within a minute and a
+# worker process with its raylet within one. Give both the node start timeout.
+SLOW_MACHINE_ENV = {"RAY_raylet_start_wait_time_s": str(NODE_START_TIMEOUT_SECONDS),
+                    "RAY_worker_register_timeout_seconds": str(NODE_START_TIMEOUT_SECONDS)}
 
 
 def ray_params(params: dict[str, str]) -> list[str]:
@@ -85,9 +89,7 @@ class LoopbackCluster:
         self.folder, self.temp_dir = folder, Path(tempfile.mkdtemp(prefix="qs-ray-"))
         # A pod starts with no Ray auth token (fresh HOME), so Ray runs without token auth there; here `ray start`
         # would turn it on if a local `ray.init()` had left ~/.ray/auth_token behind.
-        # On a busy machine a raylet may take longer than Ray's default minute to register.
-        self.env = {**os.environ, **LOOPBACK_ENV, "RAY_AUTH_MODE": "disabled",
-                    "RAY_raylet_start_wait_time_s": str(NODE_START_TIMEOUT_SECONDS), **env}
+        self.env = {**os.environ, **LOOPBACK_ENV, "RAY_AUTH_MODE": "disabled", **SLOW_MACHINE_ENV, **env}
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.nodes: list[RayNode] = []
 
@@ -96,8 +98,11 @@ class LoopbackCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def _common_args(self, params: dict[str, str]) -> list[str]:
-        return [*ray_params(params), f"--node-ip-address={LOOPBACK}", f"--temp-dir={self.temp_dir}",
-                f"--metrics-export-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+        # Every agent port given: a raylet left to read the ports its agents chose waits 15 s for them, then aborts
+        # (seen on this machine under load).
+        ports = {name: free_port() for name in ("metrics-export-port", "dashboard-agent-listen-port",
+                                                 "dashboard-agent-grpc-port", "runtime-env-agent-port")}
+        return [*ray_params(params), *ray_params(ports), f"--node-ip-address={LOOPBACK}", f"--temp-dir={self.temp_dir}",
                 "--object-store-memory=150000000", "--disable-usage-stats"]
 
     def start_head(self, params: dict[str, str]) -> RayNode:
@@ -163,10 +168,11 @@ class LoopbackCluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def session_log_tails(self, size: int = 1500) -> str:
-        """The end of each error log of Ray's daemons (raylet, GCS, agents), to tell why a node did not come up."""
+        """The end of each error log of Ray's daemons (raylet, GCS, agents), to tell why a node did not come up.
+        (A raylet's fatal check is the first line of its .err file: shown too.)"""
         logs = [*sorted(self.temp_dir.glob("session_*/logs/*.err")),
                 *sorted(self.temp_dir.glob("session_*/logs/raylet*.out"))]
-        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-size:]}" for log in logs
+        return "\n".join(f"--- {log.name}\n{_head_and_tail(log.read_text(errors='replace'), size)}" for log in logs
                          if log.stat().st_size)
 
     def listening_addresses(self) -> dict[str, set[str]]:
@@ -187,6 +193,10 @@ class LoopbackCluster:
                 if any(str(self.temp_dir) in arg for arg in process.info["cmdline"] or []):
                     own.append(process)
         return own
+
+
+def _head_and_tail(text: str, size: int) -> str:
+    return text if len(text) <= 2 * size else f"{text[:size]}\n[...]\n{text[-size:]}"
 
 
 def _family(pid: int) -> list[psutil.Process]:
