@@ -29,6 +29,9 @@ MODELS_CACHE := $(QS_CACHE)/models
 .DEFAULT_GOAL := demo
 
 install: $(STAMP)
+	@# the environment is shared by every clone: if another clone re-pointed the editable install, point it back here
+	@$(BIN)/python -I -c "import quantserve, pathlib, sys; sys.exit(pathlib.Path(quantserve.__file__).resolve().parents[1] != pathlib.Path.cwd().resolve())" 2>/dev/null \
+	  || $(BIN)/pip install --progress-bar off -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
 
 $(STAMP): pyproject.toml
 	@mkdir -p $(QS_CACHE) .stamps
