@@ -51,10 +51,6 @@ class LogprobWriter:
         best = [(int(t), float(row[t] - normalizer)) for t in top_ids(row, alternatives)]
         return self.ranked(text, raw, float(row[token] - normalizer), best)
 
-    def output_bytes(self, token: int) -> bytes:
-        """A generated token's bytes: none for a special token, which the output text leaves out."""
-        return b"" if token in self.token_bytes.special else self.token_bytes.raw(token)
-
     def prompt_texts(self, prompt_ids: list[int]) -> list[str]:
         """Each prompt token's text, special tokens kept, so that they spell the prompt as it was sent."""
         pieces = PieceDecoder(self.tokenizer, skip_special_tokens=False)
@@ -67,9 +63,13 @@ class LogprobWriter:
         return TokenLogprob(texts[0], None, token_bytes=self.token_bytes.raw(prompt_ids[0]))
 
     def generated(self, row: np.ndarray, token: int, text: str, alternatives: int) -> TokenLogprob:
-        """A sampled token: `text` is what it added to the output (the detokenizer's piece)."""
+        """A sampled token: `text` is what it added to the output (the detokenizer's piece). A special token adds
+        nothing to the output, but its entry names it (`<|im_end|>`), as its entry among the alternatives does
+        and as vLLM answers."""
+        if token in self.token_bytes.special:
+            text = self.token_bytes.text(token)
         normalizer = float(log_normalizers(row[None])[0])
-        return self.entry(row, normalizer, token, text, self.output_bytes(token), alternatives)
+        return self.entry(row, normalizer, token, text, self.token_bytes.raw(token), alternatives)
 
     def prompt(self, logits: np.ndarray, prompt_ids: list[int], alternatives: int) -> list[TokenLogprob]:
         """Every prompt token's logprob given the ones before it (`logits` [len(prompt), vocab] from the prefill)."""

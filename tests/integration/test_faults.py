@@ -96,9 +96,11 @@ def test_a_killed_replica_ends_its_streams_cleanly_falls_back_and_comes_back(fau
     assert answer.headers["x-quantserve-variant"] in ("gptq-int4", "onnx-int4")  # the fallback, or a new replica
     assert httpx.get(f"{app.url}/health", timeout=10).status_code == 200  # the router stayed up
 
-    back = lambda: ready(app).get(INT4) and replica_process(app, f"{MODEL}--onnx-int4")  # noqa: E731
-    assert wait_for(back, 120, interval=1), "Serve did not bring the killed replica back"
-    assert replica_process(app, f"{MODEL}--onnx-int4").pid != victim.pid
+    def replaced() -> bool:  # a new replica process, and Serve reporting the variant ready
+        new = serve_processes(app.process.pid).get(f"{MODEL}--onnx-int4")
+        return bool(new) and new[0].pid != victim.pid and bool(ready(app).get(INT4))
+
+    assert wait_for(replaced, 120, interval=1), "Serve did not bring the killed replica back"
     again = httpx.post(f"{app.url}/v1/completions", json={"model": INT4, "prompt": "Hello", "max_tokens": 4},
                        timeout=60)
     assert again.status_code == 200 and again.headers["x-quantserve-variant"] == "onnx-int4"

@@ -279,7 +279,8 @@ def _config_with(tmp_path: Path, change) -> Path:
 
 
 def _block_size_48(config: dict) -> None:
-    config["models"][0]["variants"][2]["build"]["block_size"] = 48
+    rtn = next(v for v in config["models"][0]["variants"] if v["name"] == "onnx-int4-rtn")
+    rtn["build"]["block_size"] = 48
 
 
 def _unknown_key(config: dict) -> None:

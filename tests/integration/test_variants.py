@@ -93,7 +93,9 @@ def test_gptq_checkpoint_loads_in_gptqmodel_and_generates(built_models, chat_man
 
     gptqmodel = import_gptqmodel()
     folder = built_models / CHAT / "gptq-int4" / chat_manifest.variants["gptq-int4"].serve_paths["vllm"]
-    model = gptqmodel.GPTQModel.load(str(folder), dtype=torch.float32)
+    # The reference TORCH kernel: GPTQModel 7.3.6's default CPU kernel (TorchFusedLinear, float32) generates
+    # garbage from this asymmetric, mixed-group checkpoint, while TORCH and the converted ONNX variant answer.
+    model = gptqmodel.GPTQModel.load(str(folder), dtype=torch.bfloat16, backend=gptqmodel.BACKEND.TORCH)
     text = model.tokenizer.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
     ids = model.tokenizer(text, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():

@@ -104,3 +104,14 @@ def test_prompt_logprobs_spell_the_prompt_and_score_each_token_given_the_ones_be
     assert entries[3].logprob == pytest.approx(row[ids[3]] - np.log(np.exp(row).sum()), abs=1e-4)
     assert len(entries[3].top) == 2 and entries[3].top[0][1] >= entries[3].top[1][1]
     assert b"".join(e.token_bytes for e in entries) == prompt.encode()
+
+
+def test_a_generated_special_token_is_named_in_its_entry_as_among_the_alternatives(tokenizer):
+    """The end token adds nothing to the output text, but its logprob entry says `<|end|>` (as vLLM's does), so the
+    chosen token and the same token among the alternatives read alike."""
+    end = tokenizer.token_to_id(END)
+    row = np.full(tokenizer.get_vocab_size(), -5.0, np.float32)
+    row[end] = 5.0
+    entry = LogprobWriter(tokenizer, TokenBytes(tokenizer)).generated(row, end, "", alternatives=2)
+    assert entry.token == END == entry.top[0][0] and entry.token_bytes == END.encode()
+    assert entry.logprob == pytest.approx(entry.top[0][1])
