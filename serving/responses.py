@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from serving import protocol as p
 from serving.chat_constraints import ChatConstraints
@@ -15,6 +16,11 @@ from serving.engines.tool_calls import ToolCall, ToolCallStream
 def error_response(error: p.ApiError) -> JSONResponse:
     """OpenAI's error body with the error's status code and headers (the one place errors become HTTP responses)."""
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def json_response(body: BaseModel, headers: dict[str, str] | None = None) -> Response:
+    """A response model as JSON, serialised once (by pydantic, not model_dump then json.dumps)."""
+    return Response(body.model_dump_json(), media_type="application/json", headers=headers)
 
 
 def error_event(error: p.ApiError) -> bytes:
@@ -28,6 +34,18 @@ def sse(payload: dict | str) -> bytes:
 
 
 SSE_DONE = sse("[DONE]")
+
+
+class ChunkEnvelope:
+    """The bytes of a stream's chunks around their choices (`id`, `object`, `created`, `model`, no usage), made
+    once per stream from the chunk model, so that each event serialises only its choices."""
+
+    def __init__(self, chunk: p.ChatCompletionChunk | p.CompletionResponse) -> None:
+        head, tail = chunk.model_copy(update={"choices": []}).model_dump_json().split('"choices":[]')
+        self.head, self.tail = f'data: {head}"choices":['.encode(), f"]{tail}\n\n".encode()
+
+    def event(self, choices: list[BaseModel]) -> bytes:
+        return self.head + b",".join(choice.__pydantic_serializer__.to_json(choice) for choice in choices) + self.tail
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> p.Usage:
@@ -158,6 +176,7 @@ class ChunkWriter:
         self.echo, self.logprobs = echo, logprobs
         self.constraints = constraints or ChatConstraints()
         self.tool_deltas: dict[int, ChatToolDeltas] = {}
+        self.envelope = ChunkEnvelope(self._body([]))
 
     def first(self, n: int) -> list[bytes]:
         """Chat streams open with the assistant role, one chunk per choice."""
@@ -194,10 +213,10 @@ class ChunkWriter:
         return [*tail, SSE_DONE]
 
     def _chunk(self, choices: list, chunk_usage: p.Usage | None = None) -> bytes:
-        if self.chat:
-            body = p.ChatCompletionChunk(id=self.request_id, created=self.created, model=self.model,
-                                         choices=choices, usage=chunk_usage)
-        else:
-            body = p.CompletionResponse(id=self.request_id, created=self.created, model=self.model,
-                                        choices=choices, usage=chunk_usage)
-        return sse(body.model_dump())
+        if chunk_usage is None:
+            return self.envelope.event(choices)
+        return f"data: {self._body(choices, chunk_usage).model_dump_json()}\n\n".encode()
+
+    def _body(self, choices: list, chunk_usage: p.Usage | None = None) -> p.ChatCompletionChunk | p.CompletionResponse:
+        model = p.ChatCompletionChunk if self.chat else p.CompletionResponse
+        return model(id=self.request_id, created=self.created, model=self.model, choices=choices, usage=chunk_usage)
