@@ -1,9 +1,10 @@
 """Ray Serve deployments that host engines: one deployment per served variant.
 
-A text replica exposes `generate`, streamed through a streaming handle (the router uses it for
-non-streaming requests too, merging the outputs). It takes a `GenerationRequest` and yields the engine's
-`GenerationOutput`s as they are; a refusal or a failure is one `ApiError`, yielded as the last item (the
-router answers it with its status). The embedding replica's `embed` returns an `EmbeddingOutput`.
+A text replica exposes `generate`, streamed through a streaming handle for streamed requests: it takes a
+`GenerationRequest` and yields the engine's `GenerationOutput`s as they are; a refusal or a failure is one
+`ApiError`, yielded as the last item (the router answers it with its status). `complete`, a unary call for
+non-streaming requests, returns the outputs merged into one `GenerationResult` with their timing, or the
+`ApiError`. The embedding replica's `embed` returns an `EmbeddingOutput`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from serving.engines.chat_template import TemplateError
 from serving.loopback import keep_serve_grpc_on_loopback
 from serving.protocol import ApiError
 from serving.stall import ProgressWatch, StallGuard, wedge_hook
+from serving.token_clock import TokenClock
 from serving.vllm_dtype import cpu_flags, vllm_dtype
 
 logger = logging.getLogger("ray.serve.quantserve.replica")
@@ -42,6 +44,16 @@ class GenerationRequest:
     prompt: str | None = None  # a text completion's prompt, or
     messages: list[dict] | None = None  # a chat's messages ({"role", "content"}), rendered with the model's template
     max_prompt_tokens: int | None = None  # server.limits.max_prompt_tokens
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A choice's whole output, for a non-streaming request, and when its tokens came: seconds from the call's
+    arrival at the replica to the first token, and the gaps between later ones (the router's metrics)."""
+
+    output: GenerationOutput
+    first_token_seconds: float | None
+    token_gaps: list[float]
 
 
 class ReplicaMetrics:
@@ -133,6 +145,19 @@ class TextReplicaBase:
             yield exc
         except TemplateError as exc:
             yield ApiError(400, str(exc), param="messages")
+
+    async def complete(self, request: GenerationRequest) -> GenerationResult | ApiError:
+        """`generate`'s outputs merged into one, with their timing; or its `ApiError`."""
+        clock, merged = TokenClock(), None
+        async with contextlib.aclosing(self.generate(request)) as outputs:  # a cancelled call aborts the request
+            async for output in outputs:
+                if isinstance(output, ApiError):
+                    return output
+                clock.observe(output)
+                merged = output if merged is None else merged.followed_by(output)
+        if merged is None:
+            return ApiError(502, "the engine ended the request without an output", code="replica_error")
+        return GenerationResult(merged, clock.first_token_seconds, clock.gaps)
 
     async def stats(self) -> dict:
         self._ensure_state_task()

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 from serving.catalog import ServedVariant
-from serving.engines.base import GenerationOutput
 from serving.metrics import QuantserveMetrics, RequestLabels
 from serving.protocol import ApiError
+from serving.token_clock import TokenClock
 
 CLIENT_CLOSED = 499
 
@@ -27,25 +27,13 @@ class RequestMeter:
                  charge: Callable[[int], None] | None = None) -> None:
         self.metrics, self.endpoint, self.charge = metrics, endpoint, charge
         self.arrival = time.monotonic()
-        self.first_token_at: float | None = None
-        self.token_gaps: list[float] = []
-        self._last_token_at = self.arrival
+        self.clock = TokenClock(self.arrival)  # time to first token and the gaps after it
         self._in_flight = ExitStack()  # the gauge's hold, released by finish()
         self._in_flight.enter_context(metrics.request_in_flight(self.labels(requested)))
         self.finished = False
 
     def labels(self, variant: ServedVariant) -> RequestLabels:
         return RequestLabels(variant.model, variant.variant, variant.backend, self.endpoint)
-
-    def observe(self, output: GenerationOutput) -> None:
-        """Time to first token, and the gaps between later ones (an output carrying k tokens counts k equal gaps)."""
-        now, tokens = time.monotonic(), len(output.token_ids)
-        if self.first_token_at is None:
-            self.first_token_at = now
-            tokens -= 1
-        elif tokens:
-            self.token_gaps.extend([(now - self._last_token_at) / tokens] * tokens)
-        self._last_token_at = now
 
     def finish(self, status: int, variant: ServedVariant, *, prompt_tokens: int = 0, generated_tokens: int = 0,
                replica_seconds: float = 0.0, queue_seconds: float | None = None) -> None:
@@ -56,9 +44,9 @@ class RequestMeter:
         self._in_flight.close()
         self.metrics.record_request(
             self.labels(variant), status_code=status, e2e_seconds=time.monotonic() - self.arrival,
-            ttft_seconds=(self.first_token_at - self.arrival) if self.first_token_at else None,
-            inter_token_seconds=self.token_gaps, queue_wait_seconds=queue_seconds, prompt_tokens=prompt_tokens,
-            generated_tokens=generated_tokens, replica_seconds=replica_seconds, price_per_hour=variant.price_per_hour,
+            ttft_seconds=self.clock.first_token_seconds, inter_token_seconds=self.clock.gaps,
+            queue_wait_seconds=queue_seconds, prompt_tokens=prompt_tokens, generated_tokens=generated_tokens,
+            replica_seconds=replica_seconds, price_per_hour=variant.price_per_hour,
         )
         if self.charge is not None:
             self.charge(prompt_tokens + generated_tokens)

@@ -29,7 +29,7 @@ from serving.loopback import keep_serve_grpc_on_loopback
 from serving.metrics import CONTENT_TYPE, QuantserveMetrics, render_metrics
 from serving.rate_limits import RateLimiter
 from serving.request_meter import RequestMeter
-from serving.responses import error_response
+from serving.responses import error_response, json_response
 
 logger = logging.getLogger("ray.serve.quantserve.router")  # under ray.serve: Serve's log lines carry request_id
 app = FastAPI(title="quantserve", description="OpenAI-compatible API over quantized model variants")
@@ -222,7 +222,7 @@ class Router:
         meter = self._meter(request, "/v1/embeddings", state)
         response, answered = await embedding_response(FallbackChain(self.directory, state), body, meter,
                                                        Deadline(self.limits.request_timeout_s))
-        return JSONResponse(response.model_dump(), headers={VARIANT_HEADER: answered.variant.variant})
+        return json_response(response, headers={VARIANT_HEADER: answered.variant.variant})
 
     def _meter(self, request: Request, endpoint: str, state: VariantState) -> RequestMeter:
         """The request's meter: in flight from now until its response is complete or has failed."""
@@ -244,4 +244,4 @@ class Router:
             headers[FALLBACK_HEADER] = state.variant.variant
         if body.stream:
             return StreamingResponse(stream_body(generation), media_type="text/event-stream", headers=headers)
-        return JSONResponse((await full_response(generation)).model_dump(), headers=headers)
+        return json_response(full_response(generation), headers=headers)
