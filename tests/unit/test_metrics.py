@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from serving.metrics import (
     MULTIPROC_ENV,
     QuantserveMetrics,
+    observe_all,
     prepare_multiprocess_dir,
     render_metrics,
     request_cost_dollars,
@@ -85,3 +86,17 @@ def test_request_cost_is_hourly_price_times_replica_seconds() -> None:
     assert request_cost_dollars(price_per_hour=0.72, replica_seconds=5) == pytest.approx(0.001)
     with pytest.raises(ValueError):
         request_cost_dollars(price_per_hour=0.72, replica_seconds=-1)
+
+
+def test_observe_all_records_what_observing_each_amount_records() -> None:
+    amounts = [0.0005, 0.02, 0.02, 0.019, 0.3, 7.0, 0.001]
+    one_by_one, at_once = QuantserveMetrics(CollectorRegistry()), QuantserveMetrics(CollectorRegistry())
+    for amount in amounts:
+        one_by_one.inter_token_latency.labels(*CHAT.values()).observe(amount)
+    observe_all(at_once.inter_token_latency.labels(*CHAT.values()), amounts)
+
+    def samples(metrics: QuantserveMetrics) -> dict:
+        [family] = metrics.inter_token_latency.collect()
+        return {(s.name, s.labels.get("le")): s.value for s in family.samples if not s.name.endswith("_created")}
+
+    assert samples(at_once) == pytest.approx(samples(one_by_one))
