@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
+from ray.serve._private.logging_utils import ServeContextFilter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from quantserve.config import ServerConfig
@@ -25,8 +26,10 @@ from serving.dispatch import FallbackChain, VariantDirectory, VariantState
 from serving.embeddings import embedding_response
 from serving.generation import Deadline, Generation, full_response, stream_body
 from serving.limits import check_embedding, check_generation
+from serving.log_queue import log_off_loop
 from serving.loopback import keep_serve_grpc_on_loopback
-from serving.metrics import CONTENT_TYPE, QuantserveMetrics, render_metrics
+from serving.metrics import CONTENT_TYPE, QuantserveMetrics
+from serving.metrics_renderer import MetricsRenderer
 from serving.rate_limits import RateLimiter
 from serving.request_meter import RequestMeter
 from serving.responses import error_response, json_response
@@ -127,6 +130,9 @@ class Router:
     def __init__(self, variants: list[dict], handles: dict[str, object], server: dict | None = None,
                  scales_to_zero: list[str] = ()) -> None:
         keep_serve_grpc_on_loopback()
+        # Serve's handlers (its log file, stderr) run in a thread; the request id is read where a record is made.
+        self._log_listener = log_off_loop(logging.getLogger("ray.serve"), [ServeContextFilter()])
+        self.metrics_renderer = MetricsRenderer()
         server_config = ServerConfig.model_validate(server or {})
         self.limits = server_config.limits
         self.metrics = QuantserveMetrics()
@@ -165,6 +171,9 @@ class Router:
     def __del__(self) -> None:
         if self._probe_task is not None:
             self._probe_task.cancel()
+        self.metrics_renderer.close()
+        if self._log_listener is not None:
+            self._log_listener.stop()  # writes what is still queued
 
     @app.get("/health")
     async def health(self) -> dict:
@@ -188,7 +197,7 @@ class Router:
     @app.get("/metrics", response_class=Response,
              responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text exposition"}})
     async def metrics_endpoint(self) -> Response:
-        return Response(render_metrics(), media_type=CONTENT_TYPE)
+        return Response(await self.metrics_renderer.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models", responses={k: ERRORS[k] for k in (401, 429, 503)})
     async def models(self) -> p.ModelList:
