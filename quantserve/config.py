@@ -129,6 +129,27 @@ class AutoscalingSpec(StrictModel):
         return self
 
 
+class RouterSpec(StrictModel):
+    """The router deployment (the OpenAI ingress) as Ray Serve runs it. With more than one replica possible, per-key
+    rate limits are kept in one shared store (serving/rate_limit_store.py), so a key's limit holds across replicas;
+    `server.limits.max_concurrent_requests` and `max_queued_requests` apply to each replica."""
+
+    replicas: int = Field(1, ge=1, description="Fixed router replica count when autoscaling is not set")
+    autoscaling: AutoscalingSpec | None = Field(None, description="Serve's autoscaling bounds instead of a fixed "
+                                                "count; min_replicas at least 1 (the ingress never scales to zero)")
+    num_cpus: float = Field(0.1, ge=0, description="CPUs Ray reserves for each router replica")
+
+    @model_validator(mode="after")
+    def _never_scales_to_zero(self) -> RouterSpec:
+        if self.autoscaling is not None and self.autoscaling.min_replicas < 1:
+            raise ValueError("router.autoscaling.min_replicas must be at least 1: no replica, no ingress")
+        return self
+
+    @property
+    def max_replicas(self) -> int:
+        return self.autoscaling.max_replicas if self.autoscaling is not None else self.replicas
+
+
 class VllmSpec(StrictModel):
     """vLLM engine settings, for variants with `backend: vllm` (context and batch size come from the ServeSpec)."""
 
@@ -295,6 +316,7 @@ class QuantserveConfig(StrictModel):
 
     models_dir: str = Field("models", description="Where variants are built and read, relative to the working dir")
     server: ServerConfig = ServerConfig()
+    router: RouterSpec = RouterSpec()
     models: list[ModelConfig]
 
     @model_validator(mode="after")

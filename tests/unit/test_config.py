@@ -47,6 +47,8 @@ def test_the_gpu_config_builds_what_the_cpu_config_builds_and_serves_vllm_on_gpu
         (with_variant(serve={"backend": "vllm", "vllm": {"dtype": "int3"}}), "dtype"),
         ({**BASE, "server": {"rate_limits": {"requests_per_minute": 0}}}, "requests_per_minute"),
         ({**BASE, "server": {"logging": {"format": "xml"}}}, "format"),
+        ({**BASE, "router": {"replicas": 0}}, "router.replicas"),
+        ({**BASE, "router": {"autoscaling": {"min_replicas": 0, "max_replicas": 2}}}, "no replica, no ingress"),
         ({**BASE, "models": [{**BASE["models"][0], "default_variant": "zz"}]}, "default_variant 'zz'"),
     ],
 )
@@ -61,3 +63,10 @@ def test_mistakes_are_one_line_and_name_the_problem(config, expected):
 def test_a_missing_file_says_how_to_point_at_another(tmp_path):
     with pytest.raises(ConfigError, match="not found; pass --config"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_one_router_replica_by_default_and_the_most_it_may_run():
+    assert parse_config(BASE).router.max_replicas == 1
+    assert parse_config({**BASE, "router": {"replicas": 3}}).router.max_replicas == 3
+    scaled = parse_config({**BASE, "router": {"replicas": 3, "autoscaling": {"min_replicas": 1, "max_replicas": 5}}})
+    assert scaled.router.max_replicas == 5  # autoscaling replaces the fixed count
