@@ -16,7 +16,7 @@ from serving import protocol as p
 from serving.auth import ApiKeys
 from serving.limits import check_body_size
 from serving.metrics import QuantserveMetrics
-from serving.rate_limits import RateLimiter
+from serving.rate_limits import RateLimiter, SharedRateLimiter
 from serving.responses import error_response
 
 logger = logging.getLogger("ray.serve.quantserve.router")
@@ -48,22 +48,23 @@ class RequestGate:
 
 
 class AdmissionPolicy:
-    def __init__(self, keys: ApiKeys, limiter: RateLimiter, limits: LimitsConfig,
+    def __init__(self, keys: ApiKeys, limiter: RateLimiter | SharedRateLimiter, limits: LimitsConfig,
                  metrics: QuantserveMetrics | None = None) -> None:
         self.keys, self.limiter, self.limits, self.metrics = keys, limiter, limits, metrics
         self.gate = RequestGate(limits.max_concurrent_requests, limits.max_queued_requests)
         self.draining = False
         self.in_flight = 0
 
-    def admit(self, method: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
-        """(key id, response headers) for a request that may go on; an ApiError otherwise."""
+    async def admit(self, method: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+        """(key id, response headers) for a request that may go on; an ApiError otherwise. The rate limit is the
+        last check and the only one that may wait (on the shared store, when there is more than one router)."""
         if self.draining:
             raise p.ApiError(503, "the server is shutting down; retry on another replica", code="shutting_down",
                              headers={"Retry-After": RETRY_AFTER_DRAINING})
         if method == "POST":
             check_body_size(headers.get("content-length"), self.limits)
         key_id = self.keys.authenticate(headers.get("authorization"))
-        return key_id, self.limiter.admit(key_id)
+        return key_id, await self.limiter.allow(key_id)
 
     def refused(self, endpoint: str, error: p.ApiError) -> None:
         """Count a request refused before any model ran (here, or by the route's checks of its body)."""
@@ -118,7 +119,7 @@ class AdmissionMiddleware:
             return
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         try:
-            key_id, extra_headers = policy.admit(scope["method"], headers)
+            key_id, extra_headers = await policy.admit(scope["method"], headers)
             if scope["method"] == "POST" and "content-length" not in headers:
                 receive = await self._read(policy, receive)
             await policy.gate.enter()

@@ -2,7 +2,8 @@
 and KubeRay's serveConfigV2 all use.
 
 One deployment per served variant (its engine) and one router deployment (the OpenAI ingress) that
-holds a handle to each.
+holds a handle to each; when the router may run more than one replica, a RateLimitStore deployment too, which
+every router replica asks (serving/rate_limit_store.py).
 """
 
 from __future__ import annotations
@@ -12,9 +13,18 @@ from pathlib import Path
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
-from quantserve.config import LimitsConfig, LoggingSpec, QuantserveConfig, ServeSpec, load_config, parse_config
+from quantserve.config import (
+    LimitsConfig,
+    LoggingSpec,
+    QuantserveConfig,
+    RouterSpec,
+    ServeSpec,
+    load_config,
+    parse_config,
+)
 from quantserve.constants import DEFAULT_CONFIG_PATH
 from serving.catalog import ServedVariant, build_catalog
+from serving.rate_limit_store import RateLimitStore
 from serving.replicas import EmbeddingReplica, OnnxTextReplica, VllmTextReplica
 from serving.router import Router
 
@@ -60,23 +70,33 @@ def deployment_options(variant: ServedVariant, spec: ServeSpec, logs: dict, limi
         replicas = spec.autoscaling.max_replicas if spec.autoscaling is not None else spec.replicas
         options.update(max_ongoing_requests=spec.max_batch_size,
                        max_queued_requests=spec.max_queue + spec.max_batch_size * max(replicas, 1))
-    if spec.autoscaling is not None:
-        options["autoscaling_config"] = {
-            "min_replicas": spec.autoscaling.min_replicas, "max_replicas": spec.autoscaling.max_replicas,
-            "target_ongoing_requests": spec.autoscaling.target_ongoing_requests,
-        }
-    else:
-        options["num_replicas"] = spec.replicas
-    return options
+    return {**options, **replica_count(spec)}
 
 
-def router_options(limits: LimitsConfig, logs: dict) -> dict:
-    """The router's gate (AdmissionPolicy) bounds /v1 requests; Serve's bound is a backstop past it, with the same
-    503 and Retry-After. A new router starts before the old one stops (surge), so an update leaves no gap."""
-    return {"ray_actor_options": {"num_cpus": 0.1}, "logging_config": logs, **shutdown_options(limits),
+def replica_count(spec: RouterSpec | ServeSpec) -> dict:
+    """Serve's fixed `num_replicas`, or its autoscaling bounds."""
+    if spec.autoscaling is None:
+        return {"num_replicas": spec.replicas}
+    return {"autoscaling_config": {"min_replicas": spec.autoscaling.min_replicas,
+                                   "max_replicas": spec.autoscaling.max_replicas,
+                                   "target_ongoing_requests": spec.autoscaling.target_ongoing_requests}}
+
+
+def router_options(spec: RouterSpec, limits: LimitsConfig, logs: dict) -> dict:
+    """The router's gate (AdmissionPolicy) bounds /v1 requests of each replica; Serve's bound is a backstop past it,
+    with the same 503 and Retry-After. A new router starts before the old one stops (surge), so an update leaves
+    no gap."""
+    return {"ray_actor_options": {"num_cpus": spec.num_cpus}, "logging_config": logs, **shutdown_options(limits),
             "max_ongoing_requests": limits.max_concurrent_requests + limits.max_queued_requests + PROBE_HEADROOM,
             "max_queued_requests": limits.max_queued_requests, "max_surge_percent": 100,
-            "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=2)}
+            "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=2), **replica_count(spec)}
+
+
+def rate_limit_store(config: QuantserveConfig, logs: dict) -> Application | None:
+    """The shared buckets, when the router may run more than one replica; one router keeps them in its process."""
+    if config.router.max_replicas == 1:
+        return None
+    return RateLimitStore.options(logging_config=logs).bind(router_server_config(config))
 
 
 def router_server_config(config: QuantserveConfig) -> dict:
@@ -108,8 +128,9 @@ def build_application(config: QuantserveConfig) -> Application:
         options = deployment_options(variant, spec, logs, limits)
         handles[variant.id] = deployment_class(variant).options(**options).bind(variant.to_dict(),
                                                                                 replica_settings(config))
-    return Router.options(**router_options(limits, logs)).bind(
-        [v.to_dict() for v in catalog], handles, router_server_config(config), scales_to_zero)
+    return Router.options(**router_options(config.router, limits, logs)).bind(
+        [v.to_dict() for v in catalog], handles, router_server_config(config), scales_to_zero,
+        rate_limit_store(config, logs))
 
 
 def build_app(args: dict) -> Application:

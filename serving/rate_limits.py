@@ -3,13 +3,19 @@
 A request is let in when its key's request bucket holds a whole request and its token bucket at least one
 token; the tokens it used (prompt + completion) are charged once it has finished, so a long answer may push
 the bucket below zero and hold the next request back until it has refilled. A refused request gets
-429 with `Retry-After`: the seconds until it would be let in. The buckets live in one router process; with
-several router replicas each enforces the limits on its own share of the traffic. Keys are the configured
-ones (or the one anonymous caller), so the table stays small.
+429 with `Retry-After`: the seconds until it would be let in. Keys are the configured ones (or the one anonymous
+caller), so the table stays small.
+
+Where the buckets live: with one router replica (the default), in the router process (`RateLimiter`, no call
+leaves it). When the router may run more than one replica, in one `RateLimitStore` deployment
+(serving/rate_limit_store.py) that every replica asks (`SharedRateLimiter`), so a key's limit holds overall
+instead of once per replica. README, "Configuration", says why a shared store and not a split of each budget.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -17,6 +23,10 @@ from dataclasses import dataclass
 
 from quantserve.config import RateLimitConfig
 from serving import protocol as p
+
+logger = logging.getLogger("ray.serve.quantserve.router")
+# A store that has not answered by then lets the request in (see SharedRateLimiter).
+STORE_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass
@@ -69,6 +79,10 @@ class RateLimiter:
                 one.refill(now)
         return buckets
 
+    async def allow(self, key_id: str) -> dict[str, str]:
+        """`admit`, as the router's admission awaits it (the shared limiter's has a call to make)."""
+        return self.admit(key_id)
+
     def admit(self, key_id: str) -> dict[str, str]:
         """Take one request from the key's allowance; the x-ratelimit-* headers, or a 429 ApiError."""
         buckets = self._buckets(key_id)
@@ -101,3 +115,49 @@ class RateLimiter:
         retry_after = max(1, math.ceil(wait))
         return p.ApiError(429, f"Rate limit reached: this key may use {limit:g} {what}; retry in {retry_after} s",
                           code="rate_limit_exceeded", headers={"Retry-After": str(retry_after)})
+
+
+class SharedRateLimiter:
+    """The router's side of the shared buckets: `store` is the RateLimitStore's deployment handle, `local` knows
+    each key's limits (from the same config and keys), so a key without any costs no call.
+
+    Admission awaits the store's answer (one handle call per request of a limited key); a finished request's
+    tokens are sent without waiting. A store that fails or does not answer within STORE_TIMEOUT_SECONDS lets the
+    request in, with a warning in the log: a limit is a guard on cost, and failing open while Serve restarts the
+    store (Envoy's global rate limit does the same by default) keeps the API up."""
+
+    def __init__(self, store, local: RateLimiter) -> None:
+        self.store, self.local = store, local
+        self._charges: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+
+    def limited(self, key_id: str) -> RateLimitConfig | None:
+        limits = self.local.limits(key_id)
+        return limits if limits.requests_per_minute or limits.tokens_per_minute else None
+
+    async def allow(self, key_id: str) -> dict[str, str]:
+        """The store's x-ratelimit-* headers for the key, or its 429 ApiError raised here."""
+        if self.limited(key_id) is None:
+            return {}
+        try:
+            answer = await asyncio.wait_for(self.store.admit.remote(key_id), STORE_TIMEOUT_SECONDS)
+        except Exception as exc:  # any failure of the store: fail open, logged
+            logger.warning("rate-limit store did not answer (%s: %s); request of %s let in", type(exc).__name__,
+                           exc, key_id)
+            return {}
+        if isinstance(answer, p.ApiError):
+            raise answer
+        return answer
+
+    def charge(self, key_id: str, used_tokens: int) -> None:
+        limits = self.limited(key_id)
+        if limits is not None and limits.tokens_per_minute and used_tokens > 0:
+            task = asyncio.get_running_loop().create_task(self._send_charge(key_id, used_tokens))
+            self._charges.add(task)  # nobody waits for the store's bookkeeping
+            task.add_done_callback(self._charges.discard)
+
+    async def _send_charge(self, key_id: str, used_tokens: int) -> None:
+        try:
+            await asyncio.wait_for(self.store.charge.remote(key_id, used_tokens), STORE_TIMEOUT_SECONDS)
+        except Exception as exc:  # the tokens go uncounted, as with a restarted store
+            logger.warning("rate-limit store did not take %d tokens of %s (%s: %s)", used_tokens, key_id,
+                           type(exc).__name__, exc)

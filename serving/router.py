@@ -30,7 +30,7 @@ from serving.log_queue import log_off_loop
 from serving.loopback import keep_serve_grpc_on_loopback
 from serving.metrics import CONTENT_TYPE, QuantserveMetrics
 from serving.metrics_renderer import MetricsRenderer
-from serving.rate_limits import RateLimiter
+from serving.rate_limits import RateLimiter, SharedRateLimiter
 from serving.request_meter import RequestMeter
 from serving.responses import error_response, json_response
 
@@ -125,10 +125,11 @@ def openapi_with_models(variants: list[ServedVariant]) -> dict:
 @serve.ingress(app)
 class Router:
     """The OpenAI ingress. `scales_to_zero`: the variants configured with `min_replicas: 0`, which are ready to
-    scale, not down, while no replica runs. Its deployment options (shutdown grace, queue) come from the builder."""
+    scale, not down, while no replica runs. `rate_limit_store`: the RateLimitStore's handle when the router may
+    run more than one replica. Its deployment options (replicas, shutdown grace, queue) come from the builder."""
 
     def __init__(self, variants: list[dict], handles: dict[str, object], server: dict | None = None,
-                 scales_to_zero: list[str] = ()) -> None:
+                 scales_to_zero: list[str] = (), rate_limit_store: object | None = None) -> None:
         keep_serve_grpc_on_loopback()
         # Serve's handlers (its log file, stderr) run in a thread; the request id is read where a record is made.
         self._log_listener = log_off_loop(logging.getLogger("ray.serve"), [ServeContextFilter()])
@@ -138,6 +139,8 @@ class Router:
         self.metrics = QuantserveMetrics()
         keys = ApiKeys(read_keys(server_config.auth))
         self.rate_limiter = RateLimiter(server_config.rate_limits, keys.limits)
+        if rate_limit_store is not None:  # more than one router replica: the buckets are shared
+            self.rate_limiter = SharedRateLimiter(rate_limit_store, self.rate_limiter)
         self.admission = AdmissionPolicy(keys, self.rate_limiter, self.limits, self.metrics)
         app.state.admission = self.admission
         logger.info("API keys: %s; rate limits: %s", f"{len(keys)} configured" if keys.enabled else "off",

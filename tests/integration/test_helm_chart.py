@@ -103,6 +103,22 @@ def test_port_and_throughput_mode_follow_values():
         assert {"name": "serve", "containerPort": 9000} in container["ports"]
 
 
+def test_router_replicas_and_autoscaling_follow_values():
+    """`quantserve.router` reaches the builder: the router deployment's replicas or autoscaling bounds, and the
+    shared rate-limit store that more than one router needs."""
+    from serving.app import rate_limit_store, router_options
+
+    scaling = {"min_replicas": 2, "max_replicas": 6, "target_ongoing_requests": 64}
+    for router, expected in (({"replicas": 3}, {"num_replicas": 3}), ({"autoscaling": scaling},
+                                                                      {"autoscaling_config": scaling})):
+        [app] = serve_config(render_objects({"quantserve": {"router": router}}))["applications"]
+        config = parse_config(app["args"]["config"])
+        options = router_options(config.router, config.server.limits, {})
+        assert expected.items() <= options.items()
+        assert rate_limit_store(config, {}) is not None
+    assert rate_limit_store(load_config(REPO / "quantserve.yaml"), {}) is None  # one router: buckets in-process
+
+
 def test_haproxy_follows_its_own_value():
     objects = render_objects({"serve": {"haproxy": False}})
     config = load_config(REPO / "quantserve.yaml")
@@ -169,6 +185,7 @@ def test_validation_catches_an_unknown_field():
         ({"serve": {"variants": ["smollm2-135m:onnx-int3"]}}, "at '/serve/variants/0': value must be one of"),
         ({"cpuWorkers": {"replicas": 1, "replica": 2}}, "additional properties 'replica' not allowed"),
         ({"quantserve": {"models_dir": 5}}, "at '/quantserve/models_dir'"),
+        ({"quantserve": {"router": {"replicas": 0}}}, "at '/quantserve/router/replicas': minimum: got 0, want 1"),
         ({"models": {"source": "pull"}}, "at '/models/pull/uri': minLength: got 0, want 1"),
         ({"models": {"volume": {"type": "hostPath"}}}, "at '/models/volume/type': value must be one of"),
         ({"extraEnv": [{"value": "x"}]}, "at '/extraEnv/0': missing property 'name'"),

@@ -119,14 +119,14 @@ def policy(keys: list[str] = (), **limits) -> AdmissionPolicy:
 
 
 def test_the_policy_checks_the_key_and_returns_its_id_and_headers():
-    key, headers = policy(["sk-one"], requests_per_minute=10).admit(
-        "GET", {"authorization": "Bearer sk-one"})
+    key, headers = asyncio.run(policy(["sk-one"], requests_per_minute=10).admit(
+        "GET", {"authorization": "Bearer sk-one"}))
     assert key == key_id("sk-one") and headers["x-ratelimit-remaining-requests"] == "9"
 
 
 def test_a_body_over_the_limit_is_413_before_the_key_is_looked_at():
     with pytest.raises(p.ApiError) as refused:
-        policy(["sk-one"]).admit("POST", {"content-length": str(10**7)})
+        asyncio.run(policy(["sk-one"]).admit("POST", {"content-length": str(10**7)}))
     assert refused.value.status == 413
 
 
@@ -134,7 +134,7 @@ def test_a_draining_server_turns_requests_away_with_503():
     gate = policy()
     gate.draining = True
     with pytest.raises(p.ApiError) as refused:
-        gate.admit("GET", {})
+        asyncio.run(gate.admit("GET", {}))
     assert refused.value.status == 503 and refused.value.code == "shutting_down"
     assert int(refused.value.headers["Retry-After"]) > 0
 
