@@ -65,14 +65,20 @@ class ShutdownSignal:
         return self.received > 1
 
 
+async def on_every_router(router, method: str) -> int:
+    """`method` called on every router replica (Serve's broadcast, not one replica the handle picks), summed: the
+    requests in flight across all of them."""
+    return sum(await router.broadcast(method).results_async(timeout_s=10))
+
+
 async def drain(timeout: float, shutdown: ShutdownSignal) -> None:
-    """Turn new requests away (503, /ready 503), then wait up to `timeout` s for the in-flight ones to finish.
-    Async: in Serve's throughput-optimized mode a handle works only inside an event loop."""
+    """Turn new requests away on every router replica (503, /ready 503), then wait up to `timeout` s for the
+    in-flight ones to finish. Async: in Serve's throughput-optimized mode a handle works only inside an event loop."""
     from ray import serve
 
     try:
         router = serve.get_app_handle(APP_NAME)
-        remaining = await asyncio.wait_for(router.drain.remote(), 10)
+        remaining = await on_every_router(router, "drain")
     except Exception as exc:  # the application never came up, or is gone already: nothing to drain
         print(f"quantserve: no router to drain ({type(exc).__name__}: {exc})", flush=True)
         return
@@ -83,7 +89,7 @@ async def drain(timeout: float, shutdown: ShutdownSignal) -> None:
             last_report = time.monotonic()
         await asyncio.sleep(0.2)
         with contextlib.suppress(Exception):
-            remaining = await asyncio.wait_for(router.in_flight.remote(), 10)
+            remaining = await on_every_router(router, "in_flight")
     print(f"quantserve: drained, {remaining} request(s) cut off" if remaining else "quantserve: drained", flush=True)
 
 

@@ -1,10 +1,17 @@
-"""Two router replicas and one key: the key's rate limits hold overall, not once per replica (serving/rate_limits.py,
-the shared RateLimitStore). The app serves onnx-int4 behind `router: {replicas: 2}`; its JSON logs, one file per
-replica, show that both routers took the key's requests."""
+"""Two router replicas: one key's rate limits hold overall, not once per replica (serving/rate_limits.py, the shared
+RateLimitStore), and SIGTERM drains both routers (serving/serve_cli.py). The apps serve onnx-int4 behind
+`router: {replicas: 2}`; their JSON logs, one file per replica, show that both routers took requests.
+
+The SIGTERM test ends its application, so it has one of its own: no test here depends on running order.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import signal
+import threading
 import time
 
 import httpx
@@ -31,9 +38,25 @@ def two_routers(built_models, tmp_path_factory):
               "logging": {"dir": str(folder / "logs")}}
     config = {**app_config(built_models, [f"{CHAT}:onnx-int4"], server), "router": {"replicas": 2}}
     with started_app(config, folder) as app:
-        assert wait_for(lambda: routers_that_logged(app, "/health") == 2 or not ping(app), 120), \
-            "the second router replica never answered"
+        both_routers_answer(app)
         yield app
+
+
+@pytest.fixture
+def draining_routers(built_models, tmp_path_factory):
+    """An application of its own (no keys) for the SIGTERM test, which ends it."""
+    folder = tmp_path_factory.mktemp("draining-routers")
+    server = {"logging": {"dir": str(folder / "logs")}, "drain_timeout_s": 60}
+    config = {**app_config(built_models, [f"{CHAT}:onnx-int4"], server), "router": {"replicas": 2}}
+    with started_app(config, folder) as app:
+        both_routers_answer(app)
+        yield app
+
+
+def both_routers_answer(app) -> None:
+    """Until each router replica has answered /health (the proxy routes to a replica once it is up)."""
+    assert wait_for(lambda: routers_that_logged(app, "/health") == 2 or not ping(app), 120), \
+        "the second router replica never answered"
 
 
 def ping(app) -> bool:
@@ -80,3 +103,35 @@ def test_tokens_used_through_either_router_count_against_the_key(two_routers):
     # The request that crossed the limit is let in, and one more may start before its charge reaches the store.
     assert used <= TOKENS_PER_MINUTE + 2 * largest + refilled, (used, largest, refilled)
     assert routers_that_logged(two_routers, "/v1/chat/completions") == 2  # ~12 requests, each to either replica
+
+
+def read_stream(url: str, body: dict, events: list, started: threading.Event) -> None:
+    """A completion stream's status, then its data events (JSON objects, or the [DONE] string), until it ends."""
+    with httpx.Client(base_url=url, timeout=120) as http, http.stream("POST", "/v1/completions", json=body) as r:
+        events.append(r.status_code)
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                data = line.removeprefix("data: ")
+                events.append(data if data == "[DONE]" else json.loads(data))
+                started.set()
+
+
+def test_sigterm_drains_every_router_replica_and_waits_for_the_stream_on_either(draining_routers):
+    """After SIGTERM every router refuses new requests (draining one replica would leave the other taking half of
+    them), and the stream in flight on one of them runs to its end before the application stops."""
+    app, events, started = draining_routers, [], threading.Event()
+    body = {"model": CHAT, "prompt": "1, 2, 3, 4, 5, 6,", "temperature": 0, "max_tokens": 400, "stream": True}
+    reader = threading.Thread(target=read_stream, args=(app.url, body, events, started), daemon=True)
+    reader.start()
+    assert started.wait(60), "the stream did not start"
+    os.kill(app.process.pid, signal.SIGTERM)
+    models = lambda: httpx.get(f"{app.url}/v1/models", timeout=10)  # noqa: E731
+    assert wait_for(lambda: models().status_code == 503, 20), "new requests were still taken after SIGTERM"
+    answers = [models() for _ in range(12)]  # each goes to either replica
+    assert [a.status_code for a in answers] == [503] * 12
+    assert {a.json()["error"]["code"] for a in answers} == {"shutting_down"}
+    assert events[-1] != "[DONE]", "the stream ended before the refusals were seen; make it longer"
+    reader.join(timeout=120)
+    assert events[0] == 200 and events[-1] == "[DONE]"
+    assert events[-2]["choices"][0]["finish_reason"] == "length"  # it ran to its end, not cut off
+    assert app.process.wait(timeout=120) == 0
