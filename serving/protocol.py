@@ -93,10 +93,30 @@ def Unsupported(reason: str):  # noqa: N802 (used as a type)
                                                 json_schema_extra=REFUSED_MARK)]
 
 
+SCHEMA_NOTES = ("title", "description", "default", "examples", "deprecated", "x-quantserve")
+
+
+def _optional_fields_take_null(schema: dict[str, Any], _model: type) -> None:
+    """The published schema says what the validator does: an optional field also takes null (its default)."""
+    required = set(schema.get("required", ()))
+    for name, field in schema.get("properties", {}).items():
+        if name in required or _takes_null(field):
+            continue
+        notes = {key: field.pop(key) for key in SCHEMA_NOTES if key in field}
+        branch = dict(field)
+        field.clear()
+        field.update(notes, anyOf=[branch, {"type": "null"}])
+
+
+def _takes_null(field: dict[str, Any]) -> bool:
+    branches = field.get("anyOf", [field])
+    return not set(field) - set(SCHEMA_NOTES) or any(branch.get("type") == "null" for branch in branches)
+
+
 class WireModel(BaseModel):
     """A request object: strict types, unknown fields refused, explicit null = the field's default."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_optional_fields_take_null)
 
     @model_validator(mode="before")
     @classmethod

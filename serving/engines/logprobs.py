@@ -62,14 +62,18 @@ class LogprobWriter:
         """The first prompt token's entry: nothing predicts it, so it has no logprob."""
         return TokenLogprob(texts[0], None, token_bytes=self.token_bytes.raw(prompt_ids[0]))
 
-    def generated(self, row: np.ndarray, token: int, text: str, alternatives: int) -> TokenLogprob:
-        """A sampled token: `text` is what it added to the output (the detokenizer's piece). A special token adds
-        nothing to the output, but its entry names it (`<|im_end|>`), as its entry among the alternatives does
-        and as vLLM answers."""
+    def output_text(self, token: int, piece: str) -> tuple[str, bytes]:
+        """A generated token's text and bytes: `piece` is what it added to the output (the detokenizer's). A special
+        token adds nothing to the output, but its entry names it (`<|im_end|>`), as its entry among the
+        alternatives does and as vLLM answers."""
         if token in self.token_bytes.special:
-            text = self.token_bytes.text(token)
+            return self.token_bytes.text(token), self.token_bytes.raw(token)
+        return piece, self.token_bytes.raw(token)
+
+    def generated(self, row: np.ndarray, token: int, piece: str, alternatives: int) -> TokenLogprob:
+        """A sampled token's entry (see output_text)."""
         normalizer = float(log_normalizers(row[None])[0])
-        return self.entry(row, normalizer, token, text, self.token_bytes.raw(token), alternatives)
+        return self.entry(row, normalizer, token, *self.output_text(token, piece), alternatives)
 
     def prompt(self, logits: np.ndarray, prompt_ids: list[int], alternatives: int) -> list[TokenLogprob]:
         """Every prompt token's logprob given the ones before it (`logits` [len(prompt), vocab] from the prefill)."""

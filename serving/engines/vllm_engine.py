@@ -216,7 +216,7 @@ class VllmEngine:
             return []
         writer, items = self.logprob_writer, []
         for token, candidates in zip(choice.token_ids, choice.logprobs, strict=True):
-            items.append(writer.ranked(pieces.add(token), writer.output_bytes(token), candidates[token].logprob,
+            items.append(writer.ranked(*writer.output_text(token, pieces.add(token)), candidates[token].logprob,
                                        _alternatives(candidates, top)))
         if choice.finish_reason is not None:
             items[-1] = replace(items[-1], token=items[-1].token + pieces.flush())

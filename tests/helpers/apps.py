@@ -22,8 +22,7 @@ def serving_test_config(models_dir: Path) -> dict:
     - smollm2-135m:onnx-int8 has no replica and falls back to onnx-int4 (the fallback path);
     - smollm2-135m:gptq-int4 has no replica and no fallback (the 503 path);
     - minilm-l6-v2:onnx-fp32 has no replica (embeddings answer from onnx-int8);
-    - smollm2-135m:vllm has no replica here (tests/integration/test_vllm_replica.py starts it in an app of
-      its own);
+    - smollm2-135m:vllm has no replica here (vllm_app_config: an app of its own, started once);
     - requests time out after REQUEST_TIMEOUT_SECONDS.
     Contexts are shortened to keep KV buffers small.
     """
@@ -34,7 +33,7 @@ def serving_test_config(models_dir: Path) -> dict:
         ("smollm2-135m", "onnx-int8"): {"replicas": 0, "fallbacks": ["onnx-int4"]},
         ("smollm2-135m", "gptq-int4"): {"replicas": 0, "fallbacks": []},
         ("minilm-l6-v2", "onnx-fp32"): {"replicas": 0},
-        ("smollm2-135m", "vllm"): {"replicas": 0},  # vLLM has its own app (vllm_app), started once
+        ("smollm2-135m", "vllm"): {"replicas": 0},  # vLLM has its own app (vllm_app_config), started once
     }
     for model in config["models"]:
         for variant in model["variants"]:
@@ -72,3 +71,24 @@ def started_app(config: dict, folder: Path, variants: list[str] | None = None):
             yield app
     except AppStartError as exc:
         pytest.fail(str(exc))
+
+
+VLLM_APP_VARIANTS = ("vllm", "onnx-fp32", "onnx-int4")
+
+
+def vllm_app_config(models_dir: Path) -> dict:
+    """quantserve.yaml with only the chat model: vllm, onnx-fp32 (its parity reference) and onnx-int4 (structured
+    outputs on both backends) live, the rest listed without replicas; vLLM's dtype `auto` (the replica picks it for
+    this CPU); prompts limited to 600 tokens (a test checks the limit on both backends)."""
+    config = yaml.safe_load((REPO / "quantserve.yaml").read_text())
+    config["models_dir"] = str(models_dir)
+    config["models"] = [m for m in config["models"] if m["name"] == "smollm2-135m"]
+    config["server"]["limits"] = {"max_prompt_tokens": 600}
+    for variant in config["models"][0]["variants"]:
+        serve = variant.setdefault("serve", {})
+        serve.update({"max_context": 1024, "max_batch_size": 4})
+        if variant["name"] not in VLLM_APP_VARIANTS:
+            serve["replicas"] = 0
+        if variant["name"] == "vllm":
+            serve["vllm"] = {**serve.get("vllm", {}), "dtype": "auto"}
+    return config

@@ -6,13 +6,16 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
+from serving.launcher import AppStartError
 from tests.helpers import QUANTSERVE, REPO
-from tests.helpers.apps import LIVE_VARIANTS, serving_test_config, started_app
+from tests.helpers.apps import LIVE_VARIANTS, serving_test_config, started_app, vllm_app_config
 
 BUILD_TIMEOUT_SECONDS = 1800
+VLLM_START_TIMEOUT_SECONDS = 900  # vLLM's CPU engine takes minutes to start on a busy machine
 HERE = Path(__file__).parent
 
 
@@ -51,3 +54,19 @@ def openai_client(serving_app: str) -> openai.OpenAI:
 @pytest.fixture(scope="session")
 def async_openai_client(serving_app: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{serving_app}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def vllm_app(built_models: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(base URL, /ready body seen when the ONNX replicas were up and vLLM was still starting) of the one application
+    with a vLLM replica (tests/helpers/apps.py: vllm_app_config), shared by the modules that need vLLM: it takes
+    minutes to start here."""
+    folder = tmp_path_factory.mktemp("vllm-app")
+    onnx = ["smollm2-135m:onnx-fp32", "smollm2-135m:onnx-int4"]
+    with started_app(vllm_app_config(built_models), folder, variants=onnx) as app:
+        while_starting = httpx.get(f"{app.url}/ready", timeout=10).json()
+        try:
+            app.wait_ready(["smollm2-135m:vllm"], timeout=VLLM_START_TIMEOUT_SECONDS)
+        except AppStartError as exc:
+            pytest.fail(str(exc))
+        yield app.url, while_starting

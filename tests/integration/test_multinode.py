@@ -159,7 +159,8 @@ def test_chart_application_survives_losing_its_worker_node(built_models: Path, t
         listening = cluster.listening_addresses()
         assert listening and all(is_loopback(address) for address in listening), listening
 
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        # a first request may wait for the replica's first run (and for a loaded CI machine): the router's own timeout
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT_SECONDS)
         assert "Paris" in chat(client)
 
         watch = HealthWatch(url)

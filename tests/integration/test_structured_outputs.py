@@ -1,5 +1,6 @@
 """Structured outputs, tool calls and logit_bias through the real application, driven by the official `openai`
-client, on the ONNX int4 variant and on the vLLM variant (one application for both; vLLM takes minutes to start)."""
+client, on the ONNX int4 variant and on the vLLM variant (conftest's vllm_app, shared with the vLLM tests: vLLM takes
+minutes to start)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,12 @@ import pytest
 from pydantic import BaseModel
 from tokenizers import Tokenizer
 
-from serving.launcher import AppStartError
-from tests.helpers.apps import app_config, started_app
-
 pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m"
 ONNX = f"{MODEL}:onnx-int4"
 VLLM = f"{MODEL}:vllm"
 BACKENDS = [ONNX, VLLM]
-VLLM_START_TIMEOUT_SECONDS = 900  # vLLM's CPU engine takes minutes to start on a busy machine
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"},
@@ -41,14 +38,8 @@ class Person(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def client(built_models, tmp_path_factory) -> openai.OpenAI:
-    folder = tmp_path_factory.mktemp("structured-app")
-    with started_app(app_config(built_models, BACKENDS, {}), folder, variants=[ONNX]) as app:
-        try:
-            app.wait_ready([VLLM], timeout=VLLM_START_TIMEOUT_SECONDS)
-        except AppStartError as exc:
-            pytest.fail(str(exc))
-        yield openai.OpenAI(base_url=f"{app.url}/v1", api_key="unused", max_retries=0, timeout=300)
+def client(vllm_app) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{vllm_app[0]}/v1", api_key="unused", max_retries=0, timeout=300)
 
 
 @pytest.fixture(scope="module")

