@@ -145,10 +145,15 @@ class StreamOptions(WireModel):
         return value
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # prompt tokens the replica's prefix cache supplied instead of computing them
+
+
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None  # null where the backend has no prefix cache
 
 
 def new_id(prefix: str) -> str:

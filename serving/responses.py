@@ -48,9 +48,10 @@ class ChunkEnvelope:
         return self.head + b",".join(choice.__pydantic_serializer__.to_json(choice) for choice in choices) + self.tail
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> p.Usage:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> p.Usage:
+    details = None if cached_tokens is None else p.PromptTokensDetails(cached_tokens=cached_tokens)
     return p.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                   total_tokens=prompt_tokens + completion_tokens)
+                   total_tokens=prompt_tokens + completion_tokens, prompt_tokens_details=details)
 
 
 def chat_logprobs(items: list[TokenLogprob]) -> p.ChoiceLogprobs | None:
@@ -103,7 +104,7 @@ class CompletionText:
 
 def outputs_usage(outputs: list[GenerationOutput]) -> p.Usage:
     """The prompt once, the completion tokens of every choice."""
-    return usage(outputs[0].prompt_tokens, sum(o.completion_tokens for o in outputs))
+    return usage(outputs[0].prompt_tokens, sum(o.completion_tokens for o in outputs), outputs[0].cached_tokens)
 
 
 def chat_finish_reason(reason: str | None, called: bool) -> str | None:
@@ -172,6 +173,7 @@ class ChunkWriter:
         self.created = p.now()
         self.prompt_tokens = 0
         self.completion_tokens: dict[int, int] = {}
+        self.cached_tokens: int | None = None
         self.texts: dict[int, CompletionText] = {}
         self.echo, self.logprobs = echo, logprobs
         self.constraints = constraints or ChatConstraints()
@@ -187,6 +189,8 @@ class ChunkWriter:
 
     def chunk(self, index: int, output: GenerationOutput) -> bytes:
         self.prompt_tokens = output.prompt_tokens
+        if output.cached_tokens is not None:  # on a choice's first output
+            self.cached_tokens = output.cached_tokens
         self.completion_tokens[index] = output.completion_tokens
         if self.chat:
             delta, finish_reason = self._chat_delta(index, output)
@@ -209,7 +213,8 @@ class ChunkWriter:
         """The usage chunk (when asked for, with empty choices, as OpenAI sends it) and [DONE]."""
         tail = []
         if self.include_usage:
-            tail.append(self._chunk([], usage(self.prompt_tokens, sum(self.completion_tokens.values()))))
+            tail.append(self._chunk([], usage(self.prompt_tokens, sum(self.completion_tokens.values()),
+                                              self.cached_tokens)))
         return [*tail, SSE_DONE]
 
     def _chunk(self, choices: list, chunk_usage: p.Usage | None = None) -> bytes:

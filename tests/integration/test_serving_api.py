@@ -232,3 +232,18 @@ def test_variant_without_replica_falls_back(openai_client):
     assert raw.headers["x-quantserve-variant"] == "onnx-int4"
     assert raw.headers["x-quantserve-fallback-from"] == "onnx-int8"
     assert "Paris" in raw.parse().choices[0].message.content
+
+
+def test_usage_reports_the_prompt_tokens_the_prefix_cache_supplied(openai_client):
+    """A second request that repeats the first one's system prompt reuses its computed prefix, and says so in
+    `usage.prompt_tokens_details.cached_tokens` (as OpenAI and vLLM report it), streamed or not."""
+    system = {"role": "system", "content": "You are a terse assistant for a geography quiz. " * 12}
+    first = chat(openai_client, [system, {"role": "user", "content": "Capital of Spain?"}], max_tokens=2)
+    second = chat(openai_client, [system, {"role": "user", "content": "Capital of Italy?"}], max_tokens=2)
+    assert first.usage.prompt_tokens_details is not None
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert 0.5 * second.usage.prompt_tokens < cached < second.usage.prompt_tokens
+    streamed = list(openai_client.chat.completions.create(
+        model=MODEL, messages=[system, {"role": "user", "content": "Capital of Peru?"}], max_tokens=2, stream=True,
+        stream_options={"include_usage": True}))
+    assert streamed[-1].usage.prompt_tokens_details.cached_tokens > 0.5 * streamed[-1].usage.prompt_tokens

@@ -39,5 +39,20 @@ def test_each_event_is_the_protocol_chunk_as_json(chat: bool) -> None:
     assert choice["finish_reason"] == "stop"
     assert (choice["delta"]["content"] if chat else choice["text"]) == " é"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 1,
-                                                                   "total_tokens": 5}
+                                                                   "total_tokens": 5, "prompt_tokens_details": None}
     assert all(chunk["usage"] is None for chunk in chunks[:-1])
+
+
+@pytest.mark.parametrize(("cached", "details"), [(3, {"cached_tokens": 3}), (None, None)])
+def test_usage_says_how_many_prompt_tokens_the_prefix_cache_supplied(cached, details) -> None:
+    """As OpenAI's `usage.prompt_tokens_details.cached_tokens`; null where the backend has no prefix cache."""
+    from dataclasses import replace
+
+    from serving.responses import outputs_usage
+
+    writer = ChunkWriter("id-1", "smollm2-135m", True, include_usage=True)
+    first, last = replace(output(), cached_tokens=cached), replace(output("stop"), completion_tokens=2)
+    events = [writer.chunk(0, first), writer.chunk(0, last), *writer.last()]
+    assert data(events[-2])["usage"]["prompt_tokens_details"] == details
+    whole = outputs_usage([first.followed_by(last)])
+    assert (whole.prompt_tokens_details.model_dump() if whole.prompt_tokens_details else None) == details
