@@ -131,6 +131,13 @@ def requests_answered(metrics_dir: Path) -> float:
         exporter.wait(timeout=30)
 
 
+def _status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError:
+        return None
+
+
 def _get(url: str) -> str | None:
     try:
         return httpx.get(url, timeout=5).text
@@ -154,6 +161,9 @@ def test_chart_application_survives_losing_its_worker_node(built_models: Path, t
         deploy(cluster, rayservice["spec"]["serveConfigV2"])
         worker = cluster.start_worker(start_params(cpu_group), "worker-1")
         assert wait_for(lambda: app_running(cluster), READY_TIMEOUT_SECONDS, interval=2), serve_status(cluster)
+        # As the pod's readiness probe does: the router's own view of Serve's status (read once a second) may lag
+        # the dashboard's, and until it sees the replica it answers 503 with Retry-After.
+        assert wait_for(lambda: _status(f"{url}/ready") == 200, 60, interval=1), "the router never became ready"
         before = log_placement(capsys, cluster, "after the deploy")
         assert before[DEPLOYMENT][0] == worker.node_id and before["Router"][0] == head.node_id
         listening = cluster.listening_addresses()
