@@ -130,8 +130,13 @@ def test_sigterm_drains_every_router_replica_and_waits_for_the_stream_on_either(
     answers = [models() for _ in range(12)]  # each goes to either replica
     assert [a.status_code for a in answers] == [503] * 12
     assert {a.json()["error"]["code"] for a in answers} == {"shutting_down"}
+    assert all(int(a.headers["retry-after"]) > 0 for a in answers)
+    refusals = httpx.get(f"{app.url}/metrics", timeout=10).text  # counted by reason, over both routers' files
+    assert any(line.startswith("quantserve_requests_refused_total{") and 'reason="shutting_down"' in line
+               for line in refusals.splitlines())
     assert events[-1] != "[DONE]", "the stream ended before the refusals were seen; make it longer"
     reader.join(timeout=120)
     assert events[0] == 200 and events[-1] == "[DONE]"
     assert events[-2]["choices"][0]["finish_reason"] == "length"  # it ran to its end, not cut off
     assert app.process.wait(timeout=120) == 0
+    assert "quantserve: drained" in app.log_tail(20000)
