@@ -13,6 +13,7 @@ import time
 
 from quantserve.config import LoggingSpec, load_config
 from quantserve.constants import DEFAULT_CONFIG_PATH
+from serving.haproxy_loopback import loopback_haproxy_env, private_folder
 from serving.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from serving.serve_config import APP_NAME, HAPROXY_ENV_VARS, THROUGHPUT_ENV_VARS, logging_env_vars
 
@@ -20,6 +21,7 @@ from serving.serve_config import APP_NAME, HAPROXY_ENV_VARS, THROUGHPUT_ENV_VARS
 # that must first stop sending traffic, so Serve's 30 s minimum ingress draining is cut to 2 s (Ctrl-C stops fast).
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
                 "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2", "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "2"}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -33,16 +35,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-throughput-mode", action="store_true",
                         help="use Ray Serve's default data plane instead of the throughput-optimized one")
     parser.add_argument("--haproxy", action="store_true",
-                        help="Ray Serve's HAProxy ingress (as the Helm chart runs); it listens on every interface")
+                        help="Ray Serve's HAProxy ingress (as the Helm chart runs); on a loopback host all of "
+                             "HAProxy's ports stay on 127.0.0.1 (serving/haproxy_loopback.py)")
     parser.set_defaults(handler=run_serve)
 
 
-def runtime_environment(throughput_mode: bool, haproxy: bool, logging: LoggingSpec) -> dict[str, str]:
+def runtime_environment(throughput_mode: bool, haproxy: bool, logging: LoggingSpec,
+                        host: str = "127.0.0.1") -> dict[str, str]:
     env = {**LOOPBACK_ENV, **logging_env_vars(logging)}
     if throughput_mode:
         env.update(THROUGHPUT_ENV_VARS)
     if haproxy:
         env.update(HAPROXY_ENV_VARS)
+        if host in LOOPBACK_HOSTS:  # Serve's stats and metrics frontends would bind every interface
+            env.update(loopback_haproxy_env(private_folder()))
     env.update(prepare_multiprocess_dir(tempfile.mkdtemp(prefix="quantserve-metrics-")))
     return env
 
@@ -108,7 +114,7 @@ def run_serve(args: argparse.Namespace) -> None:
     build_catalog(config)  # fail now, with one line, if a variant is not built
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    env = runtime_environment(not args.no_throughput_mode, args.haproxy, config.server.logging)
+    env = runtime_environment(not args.no_throughput_mode, args.haproxy, config.server.logging, host)
     # Before Ray is imported (it reads these at import time) and inherited by Ray's own processes. The metrics
     # folder goes to quantserve's deployments only, through runtime_env: Ray's processes would write theirs there.
     os.environ.update({k: v for k, v in env.items() if k != MULTIPROC_ENV})

@@ -62,12 +62,14 @@ def app_config(models_dir: Path, live: list[str], server: dict) -> dict:
 
 
 @contextlib.contextmanager
-def started_app(config: dict, folder: Path, variants: list[str] | None = None):
-    """The real application for `config`, started in `folder` (log: folder/serve.log); always stopped."""
+def started_app(config: dict, folder: Path, variants: list[str] | None = None, extra_args: tuple[str, ...] = ()):
+    """The real application for `config`, started in `folder` (log: folder/serve.log) with `quantserve serve`'s
+    `extra_args`; always stopped."""
     config_path = folder / "quantserve.yaml"
     config_path.write_text(yaml.safe_dump(config))
     try:
-        with running_app(config_path, folder / "serve.log", variants=variants, cwd=REPO) as app:
+        with running_app(config_path, folder / "serve.log", variants=variants, cwd=REPO,
+                         extra_args=extra_args) as app:
             yield app
     except AppStartError as exc:
         pytest.fail(str(exc))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import socket
 import subprocess
 import sys
 
@@ -59,21 +60,48 @@ def http_post(guarded, path: str, body: dict, key: str | None = None, **headers:
 # --- listeners -------------------------------------------------------------------------------------
 
 
+def listening_sockets(root_pid: int) -> list[tuple[str, str, object]]:
+    """(process name, tcp or udp, local address) of every socket in the process tree that takes connections or
+    datagrams from anyone: TCP in LISTEN, UDP bound without a peer."""
+    import psutil
+
+    root = psutil.Process(root_pid)
+    found = []
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            for c in process.net_connections(kind="inet"):
+                udp = c.type == socket.SOCK_DGRAM
+                if (udp and not c.raddr) or c.status == psutil.CONN_LISTEN:
+                    found.append((process.name(), "udp" if udp else "tcp", c.laddr))
+    return found
+
+
+def not_on_loopback(sockets: list) -> list:
+    return [s for s in sockets if s[2].ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
+
+
 def test_every_listening_socket_of_the_application_is_on_loopback(guarded):
     """Ray, Serve's proxy, the router and every replica (including Serve's inter-deployment gRPC servers, see
     serving/loopback.py) listen on 127.0.0.1 only."""
-    import psutil
-
-    processes = [psutil.Process(guarded.process.pid), *psutil.Process(guarded.process.pid).children(recursive=True)]
-    listening = []
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            listening += [(process.name(), c.laddr) for c in process.net_connections(kind="inet")
-                          if c.status == psutil.CONN_LISTEN]
+    listening = listening_sockets(guarded.process.pid)
     assert len(listening) > 5, listening  # the GCS, raylet, proxy, router, replicas...
-    exposed = [(name, address) for name, address in listening
-               if address.ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
-    assert not exposed, exposed
+    assert not not_on_loopback(listening), not_on_loopback(listening)
+
+
+def test_with_the_haproxy_ingress_every_listening_socket_is_on_loopback(built_models, tmp_path):
+    """`--haproxy` on loopback: HAProxy's frontend, stats page and Prometheus frontend (which Ray Serve binds on
+    every interface, see serving/haproxy_loopback.py), the replicas' direct-ingress ports and the rest of the
+    application listen on 127.0.0.1 only, and a request goes through HAProxy."""
+    config = app_config(built_models, [f"{CHAT}:onnx-int4"], {})
+    with started_app(config, tmp_path, extra_args=("--haproxy",)) as app:
+        answer = httpx.post(f"{app.url}/v1/chat/completions", json={"model": CHAT, "messages": HELLO,
+                                                                     "max_tokens": 4}, timeout=60)
+        listening = listening_sockets(app.process.pid)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] > 0
+    port = int(app.url.rsplit(":", 1)[1])
+    haproxy = {address.port for name, kind, address in listening if name == "haproxy" and kind == "tcp"}
+    assert port in haproxy and len(haproxy) >= 3, listening  # the frontend, the stats page, the metrics frontend
+    assert not not_on_loopback(listening), not_on_loopback(listening)
 
 
 # --- API keys --------------------------------------------------------------------------------------
