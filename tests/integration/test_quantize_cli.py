@@ -23,7 +23,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 # The RTN int4 variant: the CLI's mechanics are the same for every method, and the default onnx-int4's clip search
 # takes minutes even on a tiny model (the real build of it is the integration tier's built_models).
 INT4 = "onnx-int4-rtn"
-TINY_VARIANTS = ["onnx-fp32", INT4]
+HQQ = {"name": "onnx-int4-hqq", "build": {"method": "onnx", "precision": "int4", "algorithm": "hqq"}}  # an option
+TINY_VARIANTS = ["onnx-fp32", INT4, HQQ["name"]]
 
 
 def tiny_llama(folder: Path, tokenizer_dir: Path) -> Path:
@@ -60,7 +61,11 @@ def tiny_model(tmp_path_factory, built_models: Path) -> Path:
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-build")
-    return write_config(folder / "quantserve.yaml", folder / "models")
+    path = write_config(folder / "quantserve.yaml", folder / "models")
+    config = yaml.safe_load(path.read_text())
+    config["models"][0]["variants"].append(HQQ)
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def build(config: Path, model: Path, *args: str) -> subprocess.CompletedProcess:
@@ -303,21 +308,15 @@ def test_missing_config_file(tmp_path):
     assert_user_error(run_quantserve("quantize", "list", "--config", str(missing)), str(missing), "not found")
 
 
-def test_hqq_int4_is_an_option_that_builds_matmulnbits_and_generates(tiny_model, tmp_path):
+def test_hqq_int4_is_an_option_that_builds_matmulnbits_and_generates(first_build, tiny_config):
     import onnx
 
     from serving.engines.base import SamplingParams
     from serving.engines.onnx_engine import OnnxEngine, OnnxEngineConfig, collect
 
-    config_path = write_config(tmp_path / "quantserve.yaml", tmp_path / "models")
-    config = yaml.safe_load(config_path.read_text())
-    config["models"][0]["variants"].append(
-        {"name": "onnx-int4-hqq", "build": {"method": "onnx", "precision": "int4", "algorithm": "hqq"}})
-    config_path.write_text(yaml.safe_dump(config))
-    done = build(config_path, tiny_model, "--variants", "onnx-int4-hqq")
-    assert done.returncode == 0, done.stderr[-2000:]
-    folder = tmp_path / "models" / "tiny" / "onnx-int4-hqq"
-    record = read_manifest(folder.parent).variants["onnx-int4-hqq"]
+    assert first_build.returncode == 0, first_build.stderr[-2000:]
+    folder = models_dir(tiny_config) / "tiny" / HQQ["name"]
+    record = read_manifest(folder.parent).variants[HQQ["name"]]
     assert record.bits == 4 and record.params["algorithm"] == "hqq" and not verify_files(folder, record)
     assert not (folder / ".fp32").exists()
     ops = {node.op_type for node in onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.node}
