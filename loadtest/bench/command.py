@@ -23,6 +23,7 @@ import yaml
 
 from loadtest.bench import constraints, engines, headroom, prefill, router, variants
 from loadtest.bench.report import render_markdown
+from loadtest.bench.router_cpu import application_processes
 from loadtest.machine import describe_machine, versions
 from quantserve.config import load_config, parse_config
 from quantserve.constants import DEFAULT_CONFIG_PATH
@@ -33,6 +34,9 @@ from serving.serve_cli import LOOPBACK_ENV
 SECTIONS = ("router", "batching", "ceiling", "backends", "variants", "headroom", "constraints", "prefill", "threads",
             "long_prompt", "prefix_cache")
 MODEL = "smollm2-135m"
+# Data planes, local default first: `quantserve serve`'s flags for each.
+ROUTER_MODES = [("throughput-optimized", ()), ("throughput-optimized + HAProxy", ("--haproxy",)),
+                ("default data plane", ("--no-throughput-mode",))]
 ROUTED = "onnx-int4"
 
 
@@ -60,9 +64,12 @@ def serving_sections(args, plan: dict, folder: Path) -> dict:
         for mode, extra in plan["router_modes"]:
             print(f"bench: router overhead, {mode}", flush=True)
             with running_app(routed_only, folder / f"router-{mode}.log", extra_args=extra) as app:
+                profiles = folder / f"profile-{mode.replace(' ', '-')}"
+                profiles.mkdir()
                 row = router.bench_router_in_subprocess(app.url, app.ray_address, f"{MODEL}--{ROUTED}",
-                                                        f"{MODEL}:{ROUTED}", plan["repeats"], plan["router_requests"])
-                results["router"].append({"mode": mode, **row})
+                                                        f"{MODEL}:{ROUTED}", plan,
+                                                        application_processes(app.process.pid), profiles)
+                results["router"].append({"mode": mode, "machine_load": prefill.machine_load(), **row})
                 if args.quick and "variants" in args.sections:
                     results |= variants_section(app, variants_config, plan, folder)
     if "variants" in args.sections and "variants" not in results:
@@ -120,6 +127,24 @@ def prompt_sections(args, plan: dict, model_dir: Path) -> dict:
     return results
 
 
+RUN_KEYS = ("date", "quick", "plan", "machine", "versions", "sections", "config_file")
+
+
+def merged_with_previous(results: dict, previous_path: Path) -> dict:
+    """A full run of some sections keeps the other sections of the previous full run in the same results file; the
+    sections measured now carry their own date, machine and plan under `runs` (the report names them)."""
+    if results["quick"] or set(results["sections"]) == set(SECTIONS) or not previous_path.exists():
+        return results
+    previous = json.loads(previous_path.read_text())
+    if previous.get("quick"):
+        return results
+    run = {key: results[key] for key in ("date", "machine", "plan", "versions")}
+    measured = {key: value for key, value in results.items() if key not in RUN_KEYS}
+    sections = [*previous["sections"], *(s for s in results["sections"] if s not in previous["sections"])]
+    return {**previous, **measured, "sections": sections,
+            "runs": {**previous.get("runs", {}), **dict.fromkeys(results["sections"], run)}}
+
+
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="measure quantserve against its peers and the hardware limit",
                                    description=__doc__.splitlines()[0])
@@ -161,6 +186,7 @@ def run_bench(args: argparse.Namespace) -> int:
         results["headroom"] = headroom.bench_headroom(plan["headroom_users"], plan["headroom_seconds"], folder)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
+    results = merged_with_previous(results, output / "results.json")
     (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     text = render_markdown(results)
     if args.markdown:
@@ -172,7 +198,8 @@ def run_bench(args: argparse.Namespace) -> int:
 def full_plan() -> dict:
     return {"repeats": 3, "tokens": 48, "levels": [1, 2, 4, 8, 16], "backend_levels": [1, 2, 4, 8],
             "vllm_dtypes": ["float32", "bfloat16"], "profile_steps": 64, "router_requests": 64,
-            "router_modes": [("throughput-optimized", ()), ("default data plane", ("--no-throughput-mode",))],
+            "router_modes": ROUTER_MODES, "router_clients": [8, 32], "router_streams": 8,
+            "router_idle_seconds": 3, "router_profile_seconds": 10,
             "sweep_users": "1,2,4", "sweep_duration": "15s", "headroom_users": [8, 32], "headroom_seconds": 10,
             "constraint_levels": [1, 8], "prefill_tokens": 512, "thread_levels": [1, 4], "long_prompt_tokens": 2000,
             "long_prompt_streams": 4, "prefix_tokens": 1000}
@@ -180,7 +207,8 @@ def full_plan() -> dict:
 
 def quick_plan() -> dict:
     return {"repeats": 1, "tokens": 8, "levels": [1, 2], "backend_levels": [1, 2], "vllm_dtypes": ["float32"],
-            "profile_steps": 4, "router_requests": 8, "router_modes": [("throughput-optimized", ())],
+            "profile_steps": 4, "router_requests": 8, "router_modes": ROUTER_MODES[:1], "router_clients": [8, 32],
+            "router_streams": 2, "router_idle_seconds": 0.5, "router_profile_seconds": 0,
             "sweep_users": "1", "sweep_duration": "3s", "headroom_users": [4], "headroom_seconds": 3,
             "constraint_levels": [1, 2], "prefill_tokens": 64, "thread_levels": [1], "long_prompt_tokens": 256,
             "long_prompt_streams": 2, "prefix_tokens": 200}

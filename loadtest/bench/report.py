@@ -7,6 +7,7 @@ from __future__ import annotations
 from loadtest.bench.constraints import constraints_section
 from loadtest.bench.isa import bf16_arithmetic, vector_isa
 from loadtest.bench.prefill_report import long_prompt_section, prefill_section, prefix_cache_section, threads_section
+from loadtest.bench.router_report import router_section
 from quantserve.constants import DEFAULT_CONFIG_PATH
 
 SERVER_BOUND_HEADROOM = 2.0  # the client drove at least this many times the load test's fastest rate
@@ -23,40 +24,6 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _cpus(machine: dict) -> str:
     return f"{machine['logical_cpus']} logical CPUs"
-
-
-def router_section(rows: list[dict], machine: dict) -> list[str]:
-    first = rows[0]
-    lines = ["## 1. Router overhead", "",
-             "The same request (`max_tokens` 1, non-streaming) sent straight to the handle of the replica's "
-             f"deployment (`{first['deployment']}`) from a Ray driver, and through the router over HTTP; then "
-             f"{first['clients']} concurrent clients on each path; then one {first['stream_tokens']}-token stream "
-             "on each path.", ""]
-    lines += _table(["data plane", "added p50 ms", "added p99 ms",
-                     f"throughput ratio (router ÷ direct, {first['clients']} clients)",
-                     "ITL ratio (router ÷ replica)", "direct p50 / p99 ms", "router p50 / p99 ms",
-                     "GET /health p50 ms", "direct / router req/s", "direct / router ITL ms"],
-                    [[r["mode"], _f(r["added_p50_ms"]), _f(r["added_p99_ms"]), _f(r["throughput_ratio"], 2),
-                      _f(r["itl_ratio"], 2), f"{_f(r['direct_p50_ms'])} / {_f(r['direct_p99_ms'])}",
-                      f"{_f(r['routed_p50_ms'])} / {_f(r['routed_p99_ms'])}", _f(r["health_p50_ms"]),
-                      f"{_f(r['direct_rps'])} / {_f(r['routed_rps'])}",
-                      f"{_f(r['direct_itl_ms'])} / {_f(r['routed_itl_ms'])}"] for r in rows])
-    return [*lines, "", router_paragraph(first, machine)]
-
-
-def router_paragraph(row: dict, machine: dict) -> str:
-    added, front = row["added_p50_ms"], row["health_p50_ms"]
-    text = f"What limits it: of the {_f(added)} ms the router adds at p50 ({row['mode']}), "
-    if front < added:
-        text += (f"{_f(front)} ms is the HTTP front alone (Serve's proxy and the FastAPI ingress answering /health, "
-                 f"no replica call); the other {_f(added - front)} ms is the ingress's request handling (validation, "
-                 "the admission checks, SSE or JSON formatting) and its extra deployment-handle hop.")
-    else:
-        text += (f"the HTTP front alone (Serve's proxy and the FastAPI ingress answering /health, no replica call) "
-                 f"takes {_f(front)} ms, as much as the whole difference: the rest is within the noise.")
-    return text + (f" Both paths share this machine's {_cpus(machine)} with the replica, and with "
-                   f"{row['clients']} clients the router path makes {_f(row['throughput_ratio'], 2)}x the direct "
-                   "path's requests/s.")
 
 
 def batching_section(rows: list[dict]) -> list[str]:
@@ -257,7 +224,8 @@ def render_markdown(results: dict) -> str:
              f"{results['plan']['repeats']}, {results['plan']['tokens']} tokens per request unless stated). Every "
              "figure is a median; ratios are of two things measured in the same run, interleaved. Raw figures: "
              "bench/results.json.", ""]
-    sections = [("router", lambda: router_section(results["router"], machine)),
+    runs = results.get("runs", {})
+    sections = [("router", lambda: router_section(results["router"], machine, runs.get("router"))),
                 ("batching", lambda: batching_section(results["batching"])),
                 ("ceiling", lambda: ceiling_section(results["ceiling"], results["profile"])),
                 ("backends", lambda: backends_section(results["backends"], results)),

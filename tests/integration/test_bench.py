@@ -46,11 +46,18 @@ def test_batching_and_backends(quick_bench):
 
 
 def test_router_overhead(quick_bench):
-    results, _ = quick_bench
+    results, markdown = quick_bench
     [row] = results["router"]
     assert row["added_p50_ms"] == pytest.approx(row["routed_p50_ms"] - row["direct_p50_ms"])
     assert row["throughput_ratio"] == pytest.approx(row["routed_rps"] / row["direct_rps"])
     assert row["direct_p50_ms"] > 0 and row["health_p50_ms"] > 0 and row["itl_ratio"] > 0
+    assert [level["clients"] for level in row["throughput"]] == [8, 32]
+    for level in row["throughput"]:
+        assert level["ratio"] == pytest.approx(level["routed_rps"] / level["direct_rps"])
+    # the router's CPU was read from its own process: the streams carried tokens and it did work for them
+    cpu = row["cpu"]
+    assert cpu["tokens"] > 0 and cpu["router_gross_us_per_token"] > 0 and cpu["router_us_per_token"] is not None
+    assert "Issue 17's targets" in markdown
 
 
 def test_variants_and_headroom(quick_bench):

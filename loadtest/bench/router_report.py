@@ -1,0 +1,123 @@
+"""Section 1 of BENCHMARKS.md, the router: one row per data plane, issue 17's targets checked on each, and for a
+target not met the profile that shows where the time goes (py-spy samples of the router and of Serve's proxy)."""
+
+from __future__ import annotations
+
+from loadtest.bench.isa import vector_isa
+
+# Issue 17's targets, all ratios or per-token costs measured in one run: (label, key, limit, lower is better).
+TARGETS = [("added p50 ≤ 2.5 ms", "added_p50_ms", 2.5, True), ("added p99 ≤ 8 ms", "added_p99_ms", 8.0, True),
+           ("throughput ≥ 0.9× direct at 8 clients", "throughput_ratio", 0.9, False),
+           ("ITL ≤ 1.03× the replica's", "itl_ratio", 1.03, True),
+           ("router CPU per streamed token ≤ 100 µs", "router_us_per_token", 100.0, True)]
+PROFILE_ROWS = 8
+
+
+def _f(value, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _value(row: dict, key: str):
+    return (row.get("cpu") or {}).get(key) if key.endswith("_per_token") else row.get(key)
+
+
+def met(row: dict, key: str, limit: float, lower: bool) -> bool | None:
+    value = _value(row, key)
+    return None if value is None else (value <= limit if lower else value >= limit)
+
+
+def _ratio_at(row: dict, clients: int) -> str:
+    level = next((t for t in row.get("throughput", []) if t["clients"] == clients), None)
+    return f"{level['ratio']:.2f} ({_f(level['direct_rps'])} / {_f(level['routed_rps'])})" if level else "–"
+
+
+def _levels(rows: list[dict]) -> list[int]:
+    return sorted({t["clients"] for r in rows for t in r.get("throughput", [])}) or [rows[0]["clients"]]
+
+
+def router_section(rows: list[dict], machine: dict, run: dict | None = None) -> list[str]:
+    first = rows[0]
+    lines = ["## 1. Router overhead", ""]
+    if run:
+        lines += [f"Measured {run['date']} on {run['machine']['cpu']} ({run['machine']['logical_cpus']} logical "
+                  f"CPUs, {vector_isa(run['machine'].get('cpu_flags'))}).", ""]
+    lines += ["The same request (`max_tokens` 1, non-streaming) sent straight to the handle of the replica's "
+              f"deployment (`{first['deployment']}`) from a Ray driver, and through the router over HTTP; then "
+              f"{', '.join(map(str, _levels(rows)))} concurrent clients on each path; one "
+              f"{first['stream_tokens']}-token stream on each path; then {first.get('streams', '–')} concurrent "
+              "streams through the router while the CPU time of the router's replica process and of the HTTP front "
+              "(Serve's proxy, or HAProxy and its manager) is read, less what each uses idle over the same time, "
+              "÷ the tokens streamed. The first row is the local default.", ""]
+    lines += _table(["data plane", "added p50 ms", "added p99 ms",
+                     *(f"throughput ratio at {c} clients (direct / router req/s)" for c in _levels(rows)),
+                     "ITL ratio (router ÷ replica)", "router CPU µs / token", "front CPU µs / token",
+                     "GET /health p50 ms", "direct p50 / p99 ms", "router p50 / p99 ms", "direct / router ITL ms",
+                     "load average"],
+                    [[r["mode"], _f(r["added_p50_ms"]), _f(r["added_p99_ms"]),
+                      *(_ratio_at(r, c) for c in _levels(rows)), _f(r["itl_ratio"], 2),
+                      _f(_value(r, "router_us_per_token"), 0), _f(_value(r, "front_us_per_token"), 0),
+                      _f(r["health_p50_ms"]), f"{_f(r['direct_p50_ms'])} / {_f(r['direct_p99_ms'])}",
+                      f"{_f(r['routed_p50_ms'])} / {_f(r['routed_p99_ms'])}",
+                      f"{_f(r['direct_itl_ms'])} / {_f(r['routed_itl_ms'])}",
+                      _f((r.get("machine_load") or {}).get("load_average"), 2)] for r in rows])
+    return [*lines, "", *targets_table(rows), "", router_paragraph(first, machine), *profiles(rows)]
+
+
+def targets_table(rows: list[dict]) -> list[str]:
+    def cell(row: dict, key: str, limit: float, lower: bool) -> str:
+        verdict = met(row, key, limit, lower)
+        digits = 0 if key.endswith("_per_token") else 2 if key.endswith("ratio") else 1
+        return "–" if verdict is None else f"{_f(_value(row, key), digits)} {'met' if verdict else '**not met**'}"
+
+    return ["Issue 17's targets, on each data plane:", "",
+            *_table(["target", *(r["mode"] for r in rows)],
+                    [[label, *(cell(r, key, limit, lower) for r in rows)] for label, key, limit, lower in TARGETS])]
+
+
+def router_paragraph(row: dict, machine: dict) -> str:
+    added, front = row["added_p50_ms"], row["health_p50_ms"]
+    text = f"What limits it: of the {_f(added)} ms the router adds at p50 ({row['mode']}), "
+    if front < added:
+        text += (f"{_f(front)} ms is the HTTP front alone (the ingress answering /health, no replica call); the "
+                 f"other {_f(added - front)} ms is the ingress's request handling (validation, the admission checks, "
+                 "SSE or JSON formatting) and its extra deployment-handle hop.")
+    else:
+        text += (f"the HTTP front alone (the ingress answering /health, no replica call) takes {_f(front)} ms, as "
+                 "much as the whole difference: the rest is within the noise.")
+    return text + (f" Both paths share this machine's {machine['logical_cpus']} logical CPUs with the replica and "
+                   f"the load generator, and with {row['clients']} clients the router path makes "
+                   f"{_f(row['throughput_ratio'], 2)}x the direct path's requests/s.")
+
+
+def profiles(rows: list[dict]) -> list[str]:
+    """The py-spy tables of each data plane that has one (full runs)."""
+    lines = []
+    for row in rows:
+        for role, summary in (row.get("profile") or {}).items():
+            if summary and summary.get("samples"):
+                lines += ["", *profile_lines(row, role, summary)]
+    return lines
+
+
+def profile_lines(row: dict, role: str, summary: dict) -> list[str]:
+    who = "the router's replica" if role == "router" else "Serve's Python proxy"
+    python_s = summary["samples"] / 100
+    text = (f"Profile of {who}, {row['mode']}: py-spy, 100 samples/s of the thread holding the GIL, while "
+            f"{row['clients']} clients sent one-token requests through the router for "
+            f"{_f(summary.get('seconds'))} s: {summary['samples']:,} samples, {_f(python_s)} s of Python running")
+    if summary.get("process_cpu_s"):
+        text += (f", against {_f(summary['process_cpu_s'])} CPU s the process used (the rest, "
+                 f"{_f(max(0.0, summary['process_cpu_s'] - python_s))} s, is C and C++ without the GIL: Ray's core "
+                 "worker, gRPC, system calls)")
+    mine = ", ".join(f"`{q['function']}` {q['share'] * 100:.1f} %" for q in summary.get("quantserve", [])[:6])
+    text += (f". quantserve's own functions on the stack: {mine}." if mine else
+             ". No quantserve function was on the stack.")
+    table = _table(["component (innermost frame)", "share of Python samples", "function (innermost frame)",
+                    "share"],
+                   [[c["component"], f"{c['share'] * 100:.1f} %", f"`{f['function']}`", f"{f['share'] * 100:.1f} %"]
+                    for c, f in zip(summary.get("components", []), summary["self"], strict=False)][:PROFILE_ROWS])
+    return [text, "", *table]
