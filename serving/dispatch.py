@@ -20,9 +20,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from ray.exceptions import ActorUnavailableError, RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
-
 from serving.catalog import ServedVariant
 from serving.protocol import ApiError
 
@@ -30,12 +27,18 @@ logger = logging.getLogger("ray.serve.quantserve.router")
 PROBE_INTERVAL_SECONDS = 1.0
 FACTS_TIMEOUT_SECONDS = 5.0
 RETRY_AFTER_SECONDS = "2"
-# A call that failed because its replica is gone or restarting: the variant is down, its fallbacks may answer.
-REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
-# Every replica is full and so is the handle's queue (Serve's max_queued_requests): try a fallback.
-REPLICA_BUSY = (BackPressureError,)
 UNHEALTHY = {"UNHEALTHY", "DEPLOY_FAILED"}
 Answer = TypeVar("Answer")
+
+
+@dataclass(frozen=True)
+class ReplicaFailures:
+    """The exceptions a call to a variant raises when no replica of it answered (serving.serve_state has Ray
+    Serve's): `gone`, its replica is gone or restarting (the variant is down, its fallbacks may answer); `busy`,
+    every replica is full and so is the handle's queue (try a fallback, the variant stays up)."""
+
+    gone: tuple[type[BaseException], ...]
+    busy: tuple[type[BaseException], ...]
 
 
 @dataclass
@@ -80,17 +83,10 @@ def _name(status) -> str:
     return str(getattr(status, "value", status))
 
 
-def serve_deployments(app_name: str) -> dict:
-    """Deployment name -> Serve's DeploymentStatusOverview for the application (blocking: call it in a thread)."""
-    from ray import serve
-
-    application = serve.status().applications.get(app_name)
-    return dict(application.deployments) if application is not None else {}
-
-
 class VariantDirectory:
-    def __init__(self, variants: list[ServedVariant], handles: dict[str, object],
+    def __init__(self, variants: list[ServedVariant], handles: dict[str, object], failures: ReplicaFailures,
                  scales_to_zero: set[str] = frozenset()) -> None:
+        self.failures = failures
         self.states = {v.id: VariantState(v, handles.get(v.id), v.id in scales_to_zero) for v in variants}
         self.defaults = {v.model: v.id for v in variants if v.is_default}
         for variant in variants:  # a model whose default is not served answers with its first served variant
@@ -128,12 +124,13 @@ class VariantDirectory:
         """Each model: whether a request for it (its default variant) can be answered, itself or by a fallback."""
         return {model: any(c.ready for c in self.chain(self.states[vid])) for model, vid in self.defaults.items()}
 
-    async def probe_forever(self, app_name: str, on_probe) -> None:
-        """Read Serve's status of every variant's deployment, then hand every state to `on_probe` (a variant that
-        never became ready is reported too). Once a variant runs, its engine's facts are asked for, once."""
+    async def probe_forever(self, read_deployments: Callable[[], dict], on_probe) -> None:
+        """Read Serve's status of every variant's deployment (`read_deployments`, blocking: deployment name ->
+        status overview), then hand every state to `on_probe` (a variant that never became ready is reported too).
+        Once a variant runs, its engine's facts are asked for, once."""
         while True:
             try:
-                deployments = await asyncio.to_thread(serve_deployments, app_name)
+                deployments = await asyncio.to_thread(read_deployments)
             except Exception as exc:  # the controller is busy or restarting: keep the last view
                 logger.warning("could not read Serve's status: %s", exc)
             else:
@@ -173,9 +170,9 @@ class FallbackChain:
             self.current = candidate
             try:
                 return await ask(candidate)
-            except REPLICA_GONE + REPLICA_BUSY as exc:
+            except self.directory.failures.gone + self.directory.failures.busy as exc:
                 logger.warning("variant %s failed before it answered: %s", candidate.variant.id, exc)
-                if not isinstance(exc, REPLICA_BUSY):
+                if isinstance(exc, self.directory.failures.gone):
                     candidate.mark_gone()
             except ApiError as exc:
                 if exc.status != 503:

@@ -20,12 +20,13 @@ from dataclasses import dataclass, replace
 
 from quantserve.config import LimitsConfig
 from serving import protocol as p
-from serving.dispatch import REPLICA_GONE, FallbackChain, VariantState
+from serving.dispatch import FallbackChain, VariantState
 from serving.engines.base import GenerationOutput, SamplingParams
 from serving.output_buffer import OutputBuffer
 from serving.replicas import GenerationRequest, GenerationResult
 from serving.request_meter import RequestMeter, recorded_status
 from serving.responses import ChunkWriter, chat_response, completion_response, error_event
+from serving.serve_state import SERVE_FAILURES
 from serving.token_clock import TokenClock
 
 logger = logging.getLogger("ray.serve.quantserve.router")
@@ -149,7 +150,7 @@ class ChoiceStreams:
                 buffer.put(index, output)
         except Exception as exc:  # the replica died (or raised) mid-generation: end the request now, not at timeout
             logger.warning("variant %s failed while generating: %s", self.answered.variant.id, exc)
-            if isinstance(exc, REPLICA_GONE):
+            if isinstance(exc, SERVE_FAILURES.gone):
                 self.answered.mark_gone()
             buffer.fail(p.ApiError(REPLICA_FAILED, "the replica serving this request failed; retry it",
                                    code="replica_failed"))

@@ -8,6 +8,7 @@ can get wrong comes back as OpenAI's error body with its status code.
 import asyncio
 import logging
 import time
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,6 +34,7 @@ from serving.metrics_renderer import MetricsRenderer
 from serving.rate_limits import RateLimiter, SharedRateLimiter
 from serving.request_meter import RequestMeter
 from serving.responses import error_response, json_response
+from serving.serve_state import SERVE_FAILURES, serve_deployments
 
 logger = logging.getLogger("ray.serve.quantserve.router")  # under ray.serve: Serve's log lines carry request_id
 app = FastAPI(title="quantserve", description="OpenAI-compatible API over quantized model variants")
@@ -146,7 +148,7 @@ class Router:
         logger.info("API keys: %s; rate limits: %s", f"{len(keys)} configured" if keys.enabled else "off",
                     server_config.rate_limits.model_dump(exclude_none=True) or "off")
         self.variants = [ServedVariant.from_dict(v) for v in variants]
-        self.directory = VariantDirectory(self.variants, handles, set(scales_to_zero))
+        self.directory = VariantDirectory(self.variants, handles, SERVE_FAILURES, set(scales_to_zero))
         app.openapi_schema = openapi_with_models(self.variants)
         self._probe_task: asyncio.Task | None = None
 
@@ -154,7 +156,7 @@ class Router:
         if self._probe_task is None:
             app_name = serve.get_replica_context().app_name
             self._probe_task = asyncio.get_running_loop().create_task(
-                self.directory.probe_forever(app_name, self._publish_readiness))
+                self.directory.probe_forever(partial(serve_deployments, app_name), self._publish_readiness))
 
     def _publish_readiness(self, state: VariantState) -> None:
         v = state.variant
