@@ -8,8 +8,11 @@ runs once before and once after guidellm, so the table also shows how much two r
 machine. guidellm runs from its own environment (`--guidellm`, a path to its executable); nothing of it is imported.
 
 guidellm always asks for `stream_options.continuous_usage_stats`, a vLLM extension quantserve refuses (400, as it
-refuses every argument it does not honour); the backend's `extras` drop `stream_options`, so guidellm counts tokens
-itself instead of reading usage.
+refuses every argument it does not honour); the backend's `extras` set it to null, which guidellm then leaves out of
+the body, so `include_usage` stays and guidellm counts output tokens from the server's usage, as quantserve does.
+
+Without `--target` the application is started on 127.0.0.1 serving only the measured variant (the config's other
+variants disabled, other models left out), so no other replica or engine competes for the cores.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from loadtest.cost import distribution
+from loadtest.machine import cpu_flags
 from loadtest.records import read_records
 from loadtest.tables import fmt, md_table
 from quantserve.constants import DEFAULT_CONFIG_PATH
@@ -75,26 +81,38 @@ def quantserve_step(args: argparse.Namespace, target: str, folder: Path, run_id:
     return summary
 
 
+def guidellm_command(args: argparse.Namespace, target: str, output: Path) -> list[str]:
+    """guidellm 0.8's `run`: the same model, rate, warm-up, duration, prompt and output lengths as quantserve's step."""
+    backend = {"kind": "openai_http", "target": target, "model": args.model,  # no continuous_usage_stats: see above
+               "extras": {"body": {"stream_options": {"continuous_usage_stats": None}}}}
+    return [args.guidellm, "run", "--backend", json.dumps(backend),
+            "--profile", f"kind=constant,rate={args.rate:g},warmup={args.warmup:g}",
+            "--constraint", f"kind=max_duration,seconds={args.warmup + args.duration:g}",
+            "--data", f"kind=synthetic_text,prompt_tokens={args.input_tokens},output_tokens={args.output_tokens}",
+            "--tokenizer", f"kind=huggingface_auto,model={Path(args.tokenizer_dir).resolve()}",
+            "--output", f"kind=json,path={output}", "--disable-console-interactive"]
+
+
 def guidellm_run(args: argparse.Namespace, target: str, folder: Path) -> dict:
-    output = folder / "guidellm.json"
-    backend = {"kind": "openai_http", "target": target, "model": args.model,
-               "extras": {"body": {"stream_options": None}}}  # no continuous_usage_stats: see the module's notes
-    command = [args.guidellm, "run", "--backend", json.dumps(backend),
-               "--profile", f"kind=constant,rate={args.rate:g},warmup={args.warmup:g}",
-               "--constraint", f"kind=max_duration,seconds={args.warmup + args.duration:g}",
-               "--data", f"kind=synthetic_text,prompt_tokens={args.input_tokens},output_tokens={args.output_tokens}",
-               "--tokenizer", f"kind=huggingface_auto,model={Path(args.tokenizer_dir).resolve()}",
-               "--output", f"kind=json,path={output}", "--disable-console-interactive"]
+    output = (folder / "guidellm.json").resolve()  # guidellm runs in the temporary folder
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    subprocess.run(command, check=True, env=env, cwd=tempfile.gettempdir())
-    (benchmark,) = json.loads(output.read_text())["benchmarks"]
-    return benchmark
+    subprocess.run(guidellm_command(args, target, output), check=True, env=env, cwd=tempfile.gettempdir())
+    return read_guidellm(output)
+
+
+def read_guidellm(path: Path) -> dict:
+    """The one benchmark of a guidellm (0.8) JSON report: {"benchmarks": [{"metrics": {NAME: {"successful": ...}}}]}."""
+    benchmarks = json.loads(Path(path).read_text()).get("benchmarks") or []
+    if len(benchmarks) != 1 or "metrics" not in benchmarks[0]:
+        raise ValueError(f"{path}: expected one benchmark with metrics, found {len(benchmarks)} benchmarks")
+    return benchmarks[0]
 
 
 def guidellm_value(benchmark: dict, metric: str, statistic: str) -> float | None:
+    """A statistic of guidellm's successful requests: mean or median (fields), p50/p90/p99 (percentiles); ms."""
     stats = benchmark["metrics"][metric]["successful"]
     value = stats["percentiles"].get(statistic) if statistic.startswith("p") else stats.get(statistic)
-    return value * 1000 if metric == "request_latency" and value is not None else value
+    return value * 1000 if metric == "request_latency" and value is not None else value  # seconds there
 
 
 def comparison_rows(before: dict, benchmark: dict, after: dict) -> list[list[str]]:
@@ -117,11 +135,38 @@ def facts(runs: dict[str, dict], benchmark: dict) -> list[str]:
              f"{fmt(s['output_len']['mean'])} tokens per request (usage), {s['itl_gaps']} gaps"
              for name, s in runs.items()]
     metrics = benchmark["metrics"]
+    totals = metrics["request_totals"]
     tokens = {name: metrics[name]["successful"]["mean"] for name in ("prompt_token_count", "output_token_count")}
-    return lines + [f"- guidellm: {metrics['request_totals'].get('successful')} successful requests "
-                    f"({metrics['request_totals'].get('errored')} errored), prompt {fmt(tokens['prompt_token_count'])} "
-                    f"/ output {fmt(tokens['output_token_count'])} tokens per request (its own count), "
+    return lines + [f"- guidellm: {totals.get('successful')} successful requests ({totals.get('errored')} errored, "
+                    f"{totals.get('incomplete')} cut off at the end), prompt {fmt(tokens['prompt_token_count'])} / "
+                    f"output {fmt(tokens['output_token_count'])} tokens per request (usage), "
                     f"{fmt(metrics['requests_per_second']['successful']['mean'], 2)} req/s"]
+
+
+def machine_line(load_before: tuple[float, ...], load_after: tuple[float, ...]) -> str:
+    flags = cpu_flags() or []
+    avx = ", ".join(f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")) or "no AVX2"
+    avx += "" if "avx512f" in flags else ", no AVX-512"
+    return (f"- machine: {os.cpu_count()} logical CPUs, {avx} (/proc/cpuinfo); load average (1, 5, 15 min) "
+            f"{', '.join(f'{v:.2f}' for v in load_before)} before, {', '.join(f'{v:.2f}' for v in load_after)} after")
+
+
+def serve_config(config_path: Path, model: str, folder: Path) -> Path:
+    """A copy of the config serving only `model` (MODEL:VARIANT, or MODEL for its default variant)."""
+    config = yaml.safe_load(config_path.read_text())
+    name, _, variant = model.partition(":")
+    config["models"] = [m for m in config["models"] if m["name"] == name]
+    if not config["models"]:
+        raise SystemExit(f"{config_path} has no model {name!r}")
+    (entry,) = config["models"]
+    variant = variant or entry.get("default_variant", "")
+    if variant not in {v["name"] for v in entry["variants"]}:
+        raise SystemExit(f"{config_path}: {name} has no variant {variant!r}")
+    for item in entry["variants"]:
+        item.setdefault("serve", {})["enabled"] = item["name"] == variant
+    path = folder / "serve-config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def measure(args: argparse.Namespace, target: str, folder: Path) -> tuple[dict, dict, dict]:
@@ -134,17 +179,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     folder = Path(args.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
     if args.target:
         before, benchmark, after = measure(args, args.target, folder)
     else:
-        with running_app(Path(args.config), folder / "serve.log") as app:
+        with running_app(serve_config(Path(args.config), args.model, folder), folder / "serve.log") as app:
             before, benchmark, after = measure(args, app.url, folder)
+    load_after = os.getloadavg()
     lines = [f"{args.model}, constant {args.rate:g} req/s, {args.input_tokens} prompt tokens (before the chat "
              f"template), {args.output_tokens} output tokens, {args.warmup:g} s warm-up + {args.duration:g} s; "
              "quantserve ran before and after guidellm:", ""]
     lines += md_table(("metric", "quantserve before", "guidellm", "quantserve after", "before vs guidellm",
                        "after vs guidellm", "after vs before"), comparison_rows(before, benchmark, after))
-    text = "\n".join(lines + ["", *facts({"before": before, "after": after}, benchmark)]) + "\n"
+    text = "\n".join(lines + ["", *facts({"before": before, "after": after}, benchmark),
+                               machine_line(load_before, load_after)]) + "\n"
     (folder / "comparison.md").write_text(text)
     print(text)
     return 0
