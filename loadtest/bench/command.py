@@ -199,7 +199,7 @@ def full_plan() -> dict:
     return {"repeats": 3, "tokens": 48, "levels": [1, 2, 4, 8, 16], "backend_levels": [1, 2, 4, 8],
             "vllm_dtypes": ["float32", "bfloat16"], "profile_steps": 64, "router_requests": 64,
             "router_modes": ROUTER_MODES, "router_clients": [8, 32], "router_streams": 8,
-            "router_idle_seconds": 3, "router_profile_seconds": 10,
+            "router_idle_seconds": 3, "router_profile_seconds": 8,
             "sweep_users": "1,2,4", "sweep_duration": "15s", "headroom_users": [8, 32], "headroom_seconds": 10,
             "constraint_levels": [1, 8], "prefill_tokens": 512, "thread_levels": [1, 4], "long_prompt_tokens": 2000,
             "long_prompt_streams": 4, "prefix_tokens": 1000}

@@ -131,10 +131,20 @@ async def _cpu_per_token(paths: Paths, processes: Processes, streams: int, token
             "router_gross_us_per_token": used[0] / carried * 1e6 if carried else None}
 
 
-def _profile(paths: Paths, processes: Processes, clients: int, seconds: float, folder: Path) -> dict:
-    """py-spy on the router and on Serve's Python proxy (HAProxy is not Python) while `clients` send one-token
-    requests through the router for `seconds`."""
-    targets = {"router": first_titled(processes.router, "Router"), "front": first_titled(processes.front, "ProxyActor")}
+def _profile(paths: Paths, processes: Processes, clients: int, seconds: float, folder: Path,
+             stream_tokens: int) -> dict:
+    """py-spy while `clients` send requests through the router for `seconds`: one-token requests (the router and
+    Serve's Python proxy; HAProxy is not Python), then streams of `stream_tokens` (the router)."""
+    unary = _profile_under_load(paths, {"router": first_titled(processes.router, "Router"),
+                                        "front": first_titled(processes.front, "ProxyActor")},
+                                clients, seconds, folder, 1)
+    streamed = _profile_under_load(paths, {"router_streaming": first_titled(processes.router, "Router")},
+                                   clients, seconds, folder, stream_tokens)
+    return unary | streamed
+
+
+def _profile_under_load(paths: Paths, targets: dict[str, int | None], clients: int, seconds: float, folder: Path,
+                        max_tokens: int) -> dict:
     targets = {role: pid for role, pid in targets.items() if pid}
     running = {role: start_profile(pid, seconds, folder / f"{role}.txt") for role, pid in targets.items()}
     cpu_before, started = {role: cpu_seconds([pid]) for role, pid in targets.items()}, time.perf_counter()
@@ -144,7 +154,7 @@ def _profile(paths: Paths, processes: Processes, clients: int, seconds: float, f
 
         async def client() -> None:
             while time.perf_counter() < deadline:
-                await paths.routed(1)
+                await paths.routed(max_tokens)
 
         await asyncio.gather(*(client() for _ in range(clients)))
 
@@ -152,7 +162,7 @@ def _profile(paths: Paths, processes: Processes, clients: int, seconds: float, f
     elapsed = time.perf_counter() - started
     cpu = {role: cpu_seconds([pid]) - cpu_before[role] for role, pid in targets.items()}
     summaries = {role: finish_profile(process, folder / f"{role}.txt") for role, process in running.items()}
-    return {role: summary and {**summary, "process_cpu_s": cpu[role], "seconds": elapsed}
+    return {role: summary and {**summary, "process_cpu_s": cpu[role], "seconds": elapsed, "max_tokens": max_tokens}
             for role, summary in summaries.items()}
 
 
@@ -191,7 +201,8 @@ def bench_router(url: str, ray_address: str, deployment: str, model_id: str, pla
     try:
         paths = Paths(url, serve.get_deployment_handle(deployment, app_name="quantserve"), model_id)
         samples = _measure(paths, processes, plan)
-        profile = _profile(paths, processes, plan.clients[0], plan.profile_s, folder) if plan.profile_s else None
+        profile = (_profile(paths, processes, plan.clients[0], plan.profile_s, folder, plan.stream_tokens)
+                   if plan.profile_s else None)
         run(paths.http.aclose())
     finally:
         ray.shutdown()

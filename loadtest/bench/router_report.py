@@ -64,7 +64,9 @@ def router_section(rows: list[dict], machine: dict, run: dict | None = None) -> 
                       f"{_f(r['routed_p50_ms'])} / {_f(r['routed_p99_ms'])}",
                       f"{_f(r['direct_itl_ms'])} / {_f(r['routed_itl_ms'])}",
                       _f((r.get("machine_load") or {}).get("load_average"), 2)] for r in rows])
-    return [*lines, "", *targets_table(rows), "", router_paragraph(first, machine), *profiles(rows)]
+    explained = [text for text in (throughput_paragraph(first), itl_paragraph(rows), cpu_paragraph(first)) if text]
+    return [*lines, "", *targets_table(rows), "", router_paragraph(first, machine),
+            *(line for text in explained for line in ("", text)), *profiles(rows)]
 
 
 def targets_table(rows: list[dict]) -> list[str]:
@@ -93,6 +95,67 @@ def router_paragraph(row: dict, machine: dict) -> str:
                    f"{_f(row['throughput_ratio'], 2)}x the direct path's requests/s.")
 
 
+def _profile_of(row: dict, role: str) -> dict | None:
+    summary = (row.get("profile") or {}).get(role)
+    return summary if summary and summary.get("samples") else None
+
+
+def _top(entries: list[dict], key: str, count: int = 3) -> str:
+    return ", ".join(f"{e[key].split(' (C++')[0]} {e['share'] * 100:.0f} %" for e in entries[:count])
+
+
+def throughput_paragraph(row: dict) -> str:
+    """Why the router path makes fewer requests/s than the direct one, from the one-token profile's CPU figures."""
+    router, front = _profile_of(row, "router"), _profile_of(row, "front")
+    if met(row, "throughput_ratio", 0.9, False) or not router:
+        return ""
+    text = (f"Throughput ({row['mode']}, {_f(row['throughput_ratio'], 2)}x direct at {row['clients']} clients): "
+            f"while {row['clients']} clients sent one-token requests through the router for "
+            f"{_f(router['seconds'])} s, the router's process used {_f(router['process_cpu_s'])} CPU s")
+    if front:
+        text += f" and Serve's Python proxy {_f(front['process_cpu_s'])} CPU s"
+    return text + (", on a machine whose two CPUs also run the replica and the clients (load average "
+                   f"{_f((row.get('machine_load') or {}).get('load_average'), 2)}): the direct path has neither "
+                   "process. Where the router's Python time goes (profile below): "
+                   f"{_top(router.get('components', []), 'component')}.")
+
+
+def itl_paragraph(rows: list[dict]) -> str:
+    ratios = [r["itl_ratio"] for r in rows]
+    if all(met(r, "itl_ratio", 1.03, True) for r in rows):
+        return ""
+    return (f"Streaming ITL: one {rows[0]['stream_tokens']}-token stream per path and repeat, on a shared machine; "
+            f"the ratio ranges {_f(min(ratios), 2)}–{_f(max(ratios), 2)} across the data planes of this one run, "
+            "wider than the target's 3 %, so a plane's ITL verdict here is within the noise of its measurement.")
+
+
+def cpu_paragraph(row: dict) -> str:
+    """Router CPU per streamed token, explained by the streamed profile."""
+    cpu, streamed = row.get("cpu") or {}, _profile_of(row, "router_streaming")
+    if met(row, "router_us_per_token", 100.0, True) is not False or not streamed:
+        return ""
+    per_stream_ms = cpu["router_us_per_token"] * cpu["tokens"] / row["streams"] / 1000
+    return (f"Router CPU per streamed token ({row['mode']}): {_f(cpu['router_us_per_token'], 0)} µs net of its idle "
+            f"use ({_f(cpu['router_idle_cores'] * 100, 1)} % of a core, the once-a-second probe included), "
+            f"{_f(cpu['router_gross_us_per_token'], 0)} µs gross; {row['streams']} streams carried {cpu['tokens']} "
+            f"tokens, {_f(per_stream_ms)} ms of router CPU per streamed request. In the streamed profile the router "
+            f"used {_f(streamed['process_cpu_s'])} CPU s in {_f(streamed['seconds'])} s, "
+            f"{_f(streamed['samples'] / 100)} s of it holding the GIL; by component: "
+            f"{_top(streamed.get('components', []), 'component', 4)}; quantserve's functions on the stack: "
+            f"{_top(streamed.get('quantserve', []), 'function', 4)}.{_probe_sentence(cpu, streamed)}")
+
+
+def _probe_sentence(cpu: dict, streamed: dict) -> str:
+    probe = next((c["share"] for c in streamed.get("components", []) if c["component"].startswith("Serve's status")),
+                 0.0)
+    if not probe:
+        return ""
+    cores = probe * streamed["samples"] / 100 / streamed["seconds"]
+    return (f" The probe's serve.status() read alone held the GIL {_f(cores * 100, 1)} % of the time, against the "
+            f"{_f(cpu['router_idle_cores'] * 100, 1)} % of a core subtracted as idle use: the net figure is the "
+            "streams' own cost.")
+
+
 def profiles(rows: list[dict]) -> list[str]:
     """The py-spy tables of each data plane that has one (full runs)."""
     lines = []
@@ -104,11 +167,14 @@ def profiles(rows: list[dict]) -> list[str]:
 
 
 def profile_lines(row: dict, role: str, summary: dict) -> list[str]:
-    who = "the router's replica" if role == "router" else "Serve's Python proxy"
+    who = "Serve's Python proxy" if role == "front" else "the router's replica"
+    tokens = summary.get("max_tokens", 1)
+    requests = "one-token requests" if tokens == 1 else f"streamed {tokens}-token requests"
     python_s = summary["samples"] / 100
-    text = (f"Profile of {who}, {row['mode']}: py-spy, 100 samples/s of the thread holding the GIL, while "
-            f"{row['clients']} clients sent one-token requests through the router for "
-            f"{_f(summary.get('seconds'))} s: {summary['samples']:,} samples, {_f(python_s)} s of Python running")
+    text = (f"Profile of {who}, {row['mode']}, {requests}: py-spy, 100 samples/s of the thread holding the GIL, "
+            f"while {row['clients']} clients sent {requests} through the router for "
+            f"{_f(summary.get('seconds'))} s: {summary['samples']:,} samples, {_f(python_s)} s of Python holding "
+            "the GIL (also while waiting for a CPU)")
     if summary.get("process_cpu_s"):
         text += (f", against {_f(summary['process_cpu_s'])} CPU s the process used (the rest, "
                  f"{_f(max(0.0, summary['process_cpu_s'] - python_s))} s, is C and C++ without the GIL: Ray's core "

@@ -65,3 +65,18 @@ def test_a_run_of_some_sections_keeps_the_others_with_their_own_dates(tmp_path):
     assert merged_with_previous({**now, "quick": True}, tmp_path / "results.json")["date"] == "new"
     assert merged_with_previous({**now, "sections": list(SECTIONS)}, tmp_path / "results.json") == \
         {**now, "sections": list(SECTIONS)}
+
+
+def test_a_cpu_target_not_met_is_explained_from_the_streamed_profile():
+    streamed = {"samples": 100, "seconds": 10.0, "process_cpu_s": 2.0, "max_tokens": 48,
+                "components": [{"component": "Serve's status read by the router's probe", "share": 0.3}],
+                "quantserve": [{"function": "stream_body (serving/generation.py)", "share": 0.1}],
+                "self": [{"function": "send (uvicorn/x.py)", "share": 0.2}]}
+    slow = row("slow", cpu={"router_us_per_token": 500.0, "router_gross_us_per_token": 600.0, "tokens": 384,
+                            "router_idle_cores": 0.03, "front_us_per_token": 50.0},
+               profile={"router_streaming": streamed})
+    text = "\n".join(router_section([slow], MACHINE))
+    assert "500 µs net of its idle use (3.0 % of a core" in text
+    assert "24.0 ms of router CPU per streamed request" in text  # 500 µs x 384 tokens / 8 streams
+    assert "held the GIL 3.0 % of the time" in text  # 30 % of 1 s of samples in 10 s
+    assert "Profile of the router's replica, slow, streamed 48-token requests" in text
