@@ -16,7 +16,8 @@ IMPORT_PATH = "serving.app:build_app"
 # The proxy reads them when Ray starts, so they must also be in the Ray pods' environment; here they reach
 # the replicas that Ray starts for the application.
 THROUGHPUT_ENV_VARS = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-# HAProxy ingress: listens on every interface, right in a pod, so `quantserve serve` (loopback) leaves it off.
+# HAProxy ingress: on every interface in a pod (the chart's default); `quantserve serve --haproxy` on a loopback host
+# adds serving/haproxy_loopback.py's settings. Off by default locally until the test suite has run under it.
 HAPROXY_ENV_VARS = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
