@@ -86,7 +86,7 @@ soak: variants
 # Both tiers (what .ci/run calls): tests/unit, then tests/integration with the built variants and the real app.
 test: install system-deps
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 # The unit tier only: no Ray, no built variants, no network; under a minute.
 test-fast: install
