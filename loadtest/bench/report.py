@@ -150,14 +150,28 @@ def variants_section(rows: list[dict], machine: dict) -> list[str]:
              "base model (manifest); $ per 1M output tokens at the variant's cheapest error-free load level of a "
              f"short load test (each variant priced at its hardware profile in the config, all served at once on "
              f"this machine's {_cpus(machine)}).", ""]
-    lines += _table(["variant", "backend", "size ÷ fp16", "ppl delta", "greedy agreement", "build s",
+    lines += _table(["variant", "backend", "size ÷ fp16", "ppl Δ", "greedy agreement", "build s",
                      "$ / 1M out", "at users", "out tok/s"],
-                    [[r["variant"], r["backend"], _f(r["size_vs_fp16"], 2), _f(r["perplexity_delta"], 2),
+                    [[r["variant"], r["backend"], _f(r["size_vs_fp16"], 2), _perplexity_change(r),
                       _f(r["greedy_agreement"] * 100 if r["greedy_agreement"] is not None else None, 0, " %"),
                       _f(r["build_seconds"], 0), _f(r["usd_per_m_output_tokens"], 3), _f(r["best_level_users"], 0),
                       _f(r["output_tokens_per_s"])] for r in rows])
     paragraph = " ".join(filter(None, [unmeasured_quality(rows), cheapest_variant(rows)]))
-    return lines + (["", paragraph] if paragraph else [])
+    return lines + ["", FIDELITY_POINTER] + (["", paragraph] if paragraph else [])
+
+
+FIDELITY_POINTER = (
+    "Every 4-bit method tried for the default variant (HQQ, GPTQ with more calibration, AWQ, mixed precision, ONNX "
+    "Runtime's k-quant and block sizes), with sizes, perplexity changes and their intervals, agreement, build times "
+    "and decode speeds, is in [quantize/FIDELITY.md](quantize/FIDELITY.md); the size against perplexity frontier:\n\n"
+    "![size against perplexity change of every 4-bit method](quantize/fidelity_frontier.png)")
+
+
+def _perplexity_change(row: dict) -> str:
+    """In % of the base model's perplexity; runs recorded before that figure existed show the absolute change."""
+    if row.get("perplexity_delta_pct") is not None:
+        return f"{row['perplexity_delta_pct']:+.1f} %"
+    return _f(row["perplexity_delta"], 2)
 
 
 def unmeasured_quality(rows: list[dict]) -> str:

@@ -52,6 +52,8 @@ def bench_variants(config: QuantserveConfig, sweep: dict | None) -> list[dict]:
         rows.append({
             "variant": variant.name, "backend": variant.serve.backend, "size_vs_fp16": size / fp16_bytes,
             "perplexity_delta": (record.quality.perplexity - base.quality.perplexity) if quality_measured else None,
+            "perplexity_delta_pct": (100 * (record.quality.perplexity / base.quality.perplexity - 1)
+                                     if quality_measured else None),
             "greedy_agreement": record.quality.greedy_agreement if quality_measured else None,
             "build_seconds": record.build_seconds if variant.build.method != "base" else 0.0,
             "usd_per_m_output_tokens": level["usd_per_m_output_tokens"] if level else None,

@@ -87,3 +87,11 @@ def test_one_price_per_replica_hour_is_said_only_when_the_figures_show_it():
 )
 def test_cpu_flags_keep_the_vector_instruction_sets(cpuinfo, expected):
     assert cpu_flags(cpuinfo) == expected
+
+
+def test_variants_show_the_perplexity_change_in_percent_and_point_to_the_fidelity_frontier():
+    results = recorded(AVX2_ONLY)
+    results["variants"][0]["perplexity_delta_pct"] = 28.46
+    section = render_markdown(results).split("## 5.", 1)[1].split("\n## ", 1)[0]
+    assert f"| {results['variants'][0]['variant']} " in section and "| +28.5 % |" in section
+    assert "quantize/FIDELITY.md" in section and "quantize/fidelity_frontier.png" in section
