@@ -39,7 +39,8 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--duration", default="30s", help="measured time per step (default: %(default)s)")
     run.add_argument("--warmup", default="5s", help="warm-up per step, excluded from results (default: %(default)s)")
     run.add_argument("--max-requests", type=int, default=500, help="cap on requests per step, warm-up included")
-    run.add_argument("--prompts", help="prompt set: short, long, mix or a JSONL file (default: short)")
+    run.add_argument("--prompts", help="prompt set: short, long, mix, extraction (JSON-schema answers) or a JSONL "
+                     "file (default: short)")
     run.add_argument("--input-tokens", help="synthetic prompts of N tokens: N, uniform:LO:HI or normal:MEAN:SD")
     run.add_argument("--tokenizer", help="tokenizer.json for --input-tokens (default: the model's base folder)")
     run.add_argument("--max-tokens", default="64", help="output length: N, uniform:LO:HI, normal:MEAN:SD, exp:MEAN")

@@ -42,7 +42,7 @@ def _add_options(parser) -> None:
     group = parser.add_argument_group("quantserve workload")
     group.add_argument("--model", default="", help="chat model id, MODEL or MODEL:VARIANT (runs ChatStreamUser)")
     group.add_argument("--embedding-model", default="", help="embedding model id (runs EmbeddingsUser)")
-    group.add_argument("--prompts", default="short", help="prompt set: short, long, mix or a JSONL path")
+    group.add_argument("--prompts", default="short", help="prompt set: short, long, mix, extraction or a JSONL path")
     group.add_argument("--max-tokens", default="64",
                        help="output length: N, uniform:LO:HI, normal:MEAN:SD or exp:MEAN (sent as max_tokens)")
     group.add_argument("--ignore-eos", action="store_true",
@@ -199,7 +199,8 @@ class ChatStreamUser(OpenAIUser):
         options = self.shared.options
         prompt, max_tokens = self.shared.prompts.take(), self.shared.sample_max_tokens()
         record = self._new_record("chat", options.model, prompt.id, max_tokens, slot)
-        body = chat_request(options.model, prompt.messages, max_tokens, options.temperature, options.ignore_eos)
+        body = chat_request(options.model, prompt.messages, max_tokens, options.temperature, options.ignore_eos,
+                            prompt.response_format)
         with self._unfinished_recorded(record), self.client.post(
                 "/v1/chat/completions", json=body, stream=True, catch_response=True, name=f"chat {options.model}",
                 timeout=(5, options.request_timeout)) as response:

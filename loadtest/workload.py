@@ -17,10 +17,14 @@ class WorkloadError(ValueError):
     """A prompt set or length distribution the user named is unusable; the message says why."""
 
 
+RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
+
+
 @dataclass(frozen=True)
 class Prompt:
     id: str
     messages: list[dict]
+    response_format: dict | None = None  # sent as it is (OpenAI's form): the prompt's answer is constrained
 
     @property
     def text(self) -> str:
@@ -33,7 +37,8 @@ def prompt_set_names() -> list[str]:
 
 
 def load_prompt_set(name_or_path: str) -> list[Prompt]:
-    """A shipped set by name (`short`, `long`, `mix`) or any JSONL file of {"id", "messages"} lines."""
+    """A shipped set by name (`short`, `long`, `mix`, `extraction`) or any JSONL file of {"id", "messages"} lines,
+    each with an optional "response_format" (`extraction`'s are JSON schemas)."""
     path = PROMPTS_DIR / f"{name_or_path}.jsonl"
     if not path.exists():
         path = Path(name_or_path)
@@ -52,9 +57,31 @@ def _parse_line(path: Path, number: int, line: str) -> Prompt | None:
     try:
         item = json.loads(line)
         messages = item.get("messages") or [{"role": "user", "content": item["prompt"]}]
-        return Prompt(id=str(item.get("id", f"{path.stem}-{number}")), messages=messages)
+        prompt_id = str(item.get("id", f"{path.stem}-{number}"))
     except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
         raise WorkloadError(f"{path}:{number}: expected {{'id', 'messages'}} or {{'id', 'prompt'}}") from None
+    response_format = item.get("response_format")
+    if response_format is not None and (problem := response_format_problem(response_format)):
+        raise WorkloadError(f"{path}:{number}: bad response_format: {problem}")
+    return Prompt(id=prompt_id, messages=messages, response_format=response_format)
+
+
+def response_format_problem(response_format: object) -> str | None:
+    """Why a prompt's `response_format` is not in OpenAI's form, or None. Its shape only: whether the server can
+    enforce a schema is the server's to say (a 400 naming the keyword), and tests/unit checks the shipped ones."""
+    if not isinstance(response_format, dict):
+        return "expected a JSON object"
+    kind = response_format.get("type")
+    if kind not in RESPONSE_FORMAT_TYPES:
+        return f"type {kind!r} is not one of {', '.join(RESPONSE_FORMAT_TYPES)}"
+    if kind != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("schema"), dict):
+        return 'json_schema needs {"name": a string, "schema": an object}'
+    if not isinstance(spec.get("strict", False), bool):
+        return "json_schema.strict must be true or false"
+    return None
 
 
 def output_length_sampler(spec: str, rng: random.Random) -> Callable[[], int]:
@@ -97,11 +124,15 @@ class PromptCycle:
         return prompt
 
 
-def chat_request(model: str, messages: list[dict], max_tokens: int, temperature: float | None, exact: bool) -> dict:
+def chat_request(model: str, messages: list[dict], max_tokens: int, temperature: float | None, exact: bool,
+                 response_format: dict | None = None) -> dict:
     """A streamed chat request with usage. `exact`: exactly `max_tokens` tokens (ignore_eos, min_tokens, as vLLM
-    names them). The temperature is sent only when the workload sets one: else the server's default, OpenAI's 1.0."""
+    names them). The temperature is sent only when the workload sets one: else the server's default, OpenAI's 1.0.
+    `response_format` (the prompt's own) is sent when the prompt has one."""
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True,
             "stream_options": {"include_usage": True}}
+    if response_format is not None:
+        body["response_format"] = response_format
     if temperature is not None:
         body["temperature"] = temperature
     if exact:
