@@ -1,4 +1,5 @@
-"""`quantserve loadtest compare RUN…`: several runs' figures side by side, as one Markdown table."""
+"""`quantserve loadtest compare RUN…`: several runs' figures side by side, as one Markdown table. Each row names its
+run's prompt set, so runs of the same variants on `short` and on `extraction` show what constraints cost."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import json
 from pathlib import Path
 
 from loadtest.results import summaries_from
-from loadtest.tables import fmt, level_text
+from loadtest.tables import fmt, level_text, prompts_text
 from loadtest.target import LoadtestError
 
-HEADER = ("run", "variant", "level", "req", "err", "offered/achieved req/s", "out tok/s", "TTFT p90 ms", "ITL p90 ms",
-          "TPOT p90 ms", "E2E p90 ms", "$/1M out", "goodput req/s", "SLO met")
+HEADER = ("run", "prompts", "variant", "level", "req", "err", "offered/achieved req/s", "out tok/s", "TTFT p90 ms",
+          "ITL p90 ms", "TPOT p90 ms", "E2E p90 ms", "$/1M out", "goodput req/s", "SLO met")
 
 
 def resolve_run(run: str, reports_dir: Path) -> Path:
@@ -40,10 +41,10 @@ def compare_runs(folders: list[Path]) -> str:
 
 
 def _rows(results: dict) -> list[list[str]]:
-    rows = []
+    rows, prompts = [], prompts_text(results["config"])
     for s in summaries_from(results):
         rates = f"{fmt(s.offered_rps, 2)} / {fmt(s.achieved_rps, 2)}"
-        rows.append([results["run_id"], s.label, level_text(s), str(s.requests), str(s.errors), rates,
+        rows.append([results["run_id"], prompts, s.label, level_text(s), str(s.requests), str(s.errors), rates,
                      fmt(s.output_tokens_per_s), fmt(s.ttft_ms["p90"], 0), fmt(s.itl_ms["p90"]),
                      fmt(s.tpot_ms["p90"]), fmt(s.e2e_ms["p90"], 0), fmt(s.usd_per_m_output_tokens, 3),
                      fmt(s.goodput_rps, 2), f"{s.slo_attainment:.0%}"])
@@ -56,7 +57,6 @@ def _run_line(results: dict) -> str:
     best = f"{cheapest['overall']} @ {cheapest['overall_level']:g}" if cheapest["overall"] else "none"
     bounds = f"TTFT {fmt(slo['ttft_ms'], 0)} ms, TPOT {fmt(slo.get('tpot_ms'))} ms, {slo['attainment']:.0%}"
     machine = f"{results['machine'].get('cpu')} ×{results['machine'].get('logical_cpus')}"
-    prompts = config.get("input_tokens") or config["prompts"]
-    cells = [results["run_id"], results["status"], config["model"], prompts, config["max_tokens"], bounds,
+    cells = [results["run_id"], results["status"], config["model"], prompts_text(config), config["max_tokens"], bounds,
              best, machine]
     return "| " + " | ".join(str(cell) for cell in cells) + " |"

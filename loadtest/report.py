@@ -104,6 +104,9 @@ def _overview(results: dict) -> list[str]:
     pacing = f"open-loop {config.get('arrivals')} arrivals" if config["mode"] == "rate" else "closed loop"
     prompts = (f"synthetic prompts of `{config['input_tokens']}` tokens" if config.get("input_tokens")
                else f"prompts `{config['prompts']}`")
+    if config.get("constrained_prompts"):
+        prompts += (f" ({config['constrained_prompts']} of {config.get('prompt_count')} with a JSON response_format: "
+                    "constrained decoding)")
     temperature = config.get("temperature")
     sampling = f"temperature {temperature:g}" if temperature is not None else "the server's default temperature"
     exact = ", ignore_eos and min_tokens = max_tokens" if config.get("exact_output") else ""

@@ -223,7 +223,7 @@ def _meta(sweep: Sweep, model_ids: list[str], available: list[str], answered: di
             "mode": settings.mode, "levels": sweep.levels, "warmup_s": settings.warmup_s,
             "step_s": settings.duration_s, "max_requests_per_step": settings.max_requests,
             "rate_users": settings.rate_users, "arrivals": settings.arrivals if settings.mode == "rate" else None,
-            "prompts": settings.prompts, "input_tokens": sweep.input_tokens,
+            "prompts": settings.prompts, **_prompt_counts(sweep), "input_tokens": sweep.input_tokens,
             "tokenizer": str(sweep.tokenizer) if sweep.tokenizer else None, "max_tokens": settings.max_tokens,
             "exact_output": settings.exact_output, "temperature": settings.temperature,
             "seed": settings.seed, "config_file": str(sweep.config_path),
@@ -233,6 +233,15 @@ def _meta(sweep: Sweep, model_ids: list[str], available: list[str], answered: di
         "machine": describe_machine(),
         "server": {"models": available, "probe_answered_by": answered},
     }
+
+
+def _prompt_counts(sweep: Sweep) -> dict:
+    """How many of the set's prompts ask for constrained output (a JSON response_format): a run of `extraction`
+    beside one of `short` shows per variant what constraints cost. Synthetic prompts are all free."""
+    if sweep.input_tokens:
+        return {"prompt_count": None, "constrained_prompts": 0}
+    prompts = load_prompt_set(sweep.settings.prompts)
+    return {"prompt_count": len(prompts), "constrained_prompts": sum(prompt.constrained for prompt in prompts)}
 
 
 def _now() -> str:

@@ -24,6 +24,14 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
+def prompts_text(config: dict) -> str:
+    """A run's prompts in a cell: the set's name (or the synthetic lengths), and how many ask for constrained output
+    (results.json's `constrained_prompts` of `prompt_count`; runs recorded before those fields show the name)."""
+    name = config.get("input_tokens") or config["prompts"]
+    constrained = config.get("constrained_prompts")
+    return f"{name} ({constrained}/{config.get('prompt_count')} constrained)" if constrained else str(name)
+
+
 def level_text(s: LevelSummary) -> str:
     if s.mode == "users":
         return f"{s.level:g} users"

@@ -27,6 +27,11 @@ class Prompt:
     response_format: dict | None = None  # sent as it is (OpenAI's form): the prompt's answer is constrained
 
     @property
+    def constrained(self) -> bool:
+        """The answer is held to a JSON object or schema (constrained decoding), not free text."""
+        return (self.response_format or {}).get("type", "text") != "text"
+
+    @property
     def text(self) -> str:
         """All message contents joined, for endpoints that take plain text (embeddings)."""
         return "\n".join(str(message.get("content", "")) for message in self.messages)
