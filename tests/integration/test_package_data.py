@@ -12,7 +12,9 @@ from pathlib import Path
 from tests.helpers import REPO
 
 PACKAGES = ("quantserve", "quantize", "serving", "loadtest")
-NOT_RUNTIME = ("loadtest/example/", "quantize/FIDELITY.md", "quantize/fidelity_frontier.png")  # documents, pictures
+# documents, pictures, and a script run from the repo
+NOT_RUNTIME = ("loadtest/example/", "quantize/FIDELITY.md", "quantize/fidelity_frontier.png",
+               "loadtest/compare_guidellm.sh")
 
 
 def tracked_data_files() -> list[str]:
