@@ -41,12 +41,13 @@ ROUTED = "onnx-int4"
 
 
 def bench_config(config_path: Path, models_dir: str, live: list[str] | None) -> dict:
-    """The config file with only the chat model; `live` variants served (all when None)."""
+    """The config file with only the chat model; `live` variants served (those the config enables when None)."""
     config = yaml.safe_load(config_path.read_text())
     config["models_dir"] = models_dir
     config["models"] = [m for m in config["models"] if m["name"] == MODEL]
     for variant in config["models"][0]["variants"]:
-        variant.setdefault("serve", {})["enabled"] = live is None or variant["name"] in live
+        serve = variant.setdefault("serve", {})
+        serve["enabled"] = serve.get("enabled", True) if live is None else variant["name"] in live
     return config
 
 
