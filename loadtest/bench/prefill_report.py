@@ -4,19 +4,13 @@ from the recorded figures and CPU flags: targets are said met or missed by the n
 from __future__ import annotations
 
 from loadtest.bench.isa import vector_isa
+from loadtest.bench.markdown import figure as _f
+from loadtest.bench.markdown import table as _table
 
 PREFILL_TARGET = 2.0  # issue 16: prefill tokens/s on a 512-token prompt >= 2x the path before it
 LONG_PROMPT_TARGET = 2.0  # p99 inter-token latency with a long prompt arriving <= 2x the streams' own
 PREFIX_TARGET = 5.0  # time to first token of a request sharing the prefix >= 5x sooner than the first
 BASELINE = ("every position", 1)
-
-
-def _f(value, digits: int = 1, suffix: str = "") -> str:
-    return "–" if value is None else f"{value:,.{digits}f}{suffix}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def _load(row: dict) -> str:

@@ -6,20 +6,14 @@ from __future__ import annotations
 
 from loadtest.bench.constraints import constraints_section
 from loadtest.bench.isa import bf16_arithmetic, vector_isa
+from loadtest.bench.markdown import figure as _f
+from loadtest.bench.markdown import table as _table
 from loadtest.bench.prefill_report import long_prompt_section, prefill_section, prefix_cache_section, threads_section
 from loadtest.bench.router_report import router_section
 from quantserve.constants import DEFAULT_CONFIG_PATH
 
 SERVER_BOUND_HEADROOM = 2.0  # the client drove at least this many times the load test's fastest rate
 FLAT_MARGINAL_GAIN = 0.75  # the last step up in streams raised tokens/s by under 75 % of its own factor
-
-
-def _f(value, digits: int = 1, suffix: str = "") -> str:
-    return "–" if value is None else f"{value:,.{digits}f}{suffix}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def _cpus(machine: dict) -> str:

@@ -4,6 +4,8 @@ target not met the profile that shows where the time goes (py-spy samples of the
 from __future__ import annotations
 
 from loadtest.bench.isa import vector_isa
+from loadtest.bench.markdown import figure as _f
+from loadtest.bench.markdown import table as _table
 
 # Issue 17's targets, all ratios or per-token costs measured in one run: (label, key, limit, lower is better).
 TARGETS = [("added p50 ≤ 2.5 ms", "added_p50_ms", 2.5, True), ("added p99 ≤ 8 ms", "added_p99_ms", 8.0, True),
@@ -11,14 +13,6 @@ TARGETS = [("added p50 ≤ 2.5 ms", "added_p50_ms", 2.5, True), ("added p99 ≤ 
            ("ITL ≤ 1.03× the replica's", "itl_ratio", 1.03, True),
            ("router CPU per streamed token ≤ 100 µs", "router_us_per_token", 100.0, True)]
 PROFILE_ROWS = 8
-
-
-def _f(value, digits: int = 1) -> str:
-    return "–" if value is None else f"{value:,.{digits}f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def _value(row: dict, key: str):
