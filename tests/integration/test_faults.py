@@ -5,7 +5,6 @@ replica, is tested in test_router_replicas.py (with two routers, which a single 
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -17,6 +16,7 @@ import pytest
 from loadtest.soak import serve_processes
 from tests.helpers import wait_for
 from tests.helpers.apps import app_config, started_app
+from tests.helpers.streams import read_stream
 
 pytestmark = pytest.mark.slow
 
@@ -34,21 +34,10 @@ def fault_app(built_models, tmp_path_factory):
         yield app
 
 
-def stream_events(url: str, body: dict, events: list, started: threading.Event) -> None:
-    """Collect a completion stream's data events (JSON objects, or the [DONE] string) until it ends."""
-    with httpx.Client(base_url=url, timeout=120) as http, http.stream("POST", "/v1/completions", json=body) as r:
-        events.append(r.status_code)
-        for line in r.iter_lines():
-            if line.startswith("data: "):
-                data = line.removeprefix("data: ")
-                events.append(data if data == "[DONE]" else json.loads(data))
-                started.set()
-
-
 def start_stream(url: str, body: dict) -> tuple[threading.Thread, list]:
     """A completion stream read in a thread; returns once its first event arrived (the thread and its events)."""
     events, started = [], threading.Event()
-    reader = threading.Thread(target=stream_events, args=(url, body, events, started), daemon=True)
+    reader = threading.Thread(target=read_stream, args=(url, body, events, started), daemon=True)
     reader.start()
     assert started.wait(30), "the stream did not start"
     return reader, events

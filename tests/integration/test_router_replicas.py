@@ -7,7 +7,6 @@ The SIGTERM test ends its application, so it has one of its own: no test here de
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
@@ -19,6 +18,7 @@ import pytest
 
 from tests.helpers import wait_for
 from tests.helpers.apps import app_config, started_app
+from tests.helpers.streams import read_stream
 
 pytestmark = pytest.mark.slow
 
@@ -103,17 +103,6 @@ def test_tokens_used_through_either_router_count_against_the_key(two_routers):
     # The request that crossed the limit is let in, and one more may start before its charge reaches the store.
     assert used <= TOKENS_PER_MINUTE + 2 * largest + refilled, (used, largest, refilled)
     assert routers_that_logged(two_routers, "/v1/chat/completions") == 2  # ~12 requests, each to either replica
-
-
-def read_stream(url: str, body: dict, events: list, started: threading.Event) -> None:
-    """A completion stream's status, then its data events (JSON objects, or the [DONE] string), until it ends."""
-    with httpx.Client(base_url=url, timeout=120) as http, http.stream("POST", "/v1/completions", json=body) as r:
-        events.append(r.status_code)
-        for line in r.iter_lines():
-            if line.startswith("data: "):
-                data = line.removeprefix("data: ")
-                events.append(data if data == "[DONE]" else json.loads(data))
-                started.set()
 
 
 def test_sigterm_drains_every_router_replica_and_waits_for_the_stream_on_either(draining_routers):
