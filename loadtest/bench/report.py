@@ -233,18 +233,31 @@ def render_markdown(results: dict) -> str:
              "figure is a median; ratios are of two things measured in the same run, interleaved. Raw figures: "
              "bench/results.json.", ""]
     runs = results.get("runs", {})
+
+    def machine_of(name: str) -> dict:  # a section measured in a later run of only some sections has its own
+        return runs.get(name, {}).get("machine") or machine
+
     sections = [("router", lambda: router_section(results["router"], machine, runs.get("router"))),
                 ("batching", lambda: batching_section(results["batching"])),
                 ("ceiling", lambda: ceiling_section(results["ceiling"], results["profile"])),
                 ("backends", lambda: backends_section(results["backends"], results)),
-                ("variants", lambda: variants_section(results["variants"], machine)),
+                ("variants", lambda: variants_section(results["variants"], machine_of("variants"))),
                 ("headroom", lambda: headroom_section(results["headroom"], results.get("sweep_max_requests_per_s"))),
                 ("constraints", lambda: constraints_section(results["constraints"])),
-                ("prefill", lambda: prefill_section(results["prefill"], machine)),
-                ("threads", lambda: threads_section(results["threads"], machine)),
+                ("prefill", lambda: prefill_section(results["prefill"], machine_of("prefill"))),
+                ("threads", lambda: threads_section(results["threads"], machine_of("threads"))),
                 ("long_prompt", lambda: long_prompt_section(results["long_prompt"])),
                 ("prefix_cache", lambda: prefix_cache_section(results["prefix_cache"]))]
     for name, render in sections:
         if name in results:
-            lines += [*render(), ""]
+            section = render()
+            if name in runs and name != "router":  # the router section says its run itself
+                section[2:2] = [measured_on(runs[name]), ""]
+            lines += [*section, ""]
     return "\n".join(lines)
+
+
+def measured_on(run: dict) -> str:
+    machine = run["machine"]
+    return (f"Measured {run['date']} on {machine['cpu']} ({_cpus(machine)}, "
+            f"{vector_isa(machine.get('cpu_flags'))}), in a run of some sections only.")

@@ -95,3 +95,13 @@ def test_variants_show_the_perplexity_change_in_percent_and_point_to_the_fidelit
     section = render_markdown(results).split("## 5.", 1)[1].split("\n## ", 1)[0]
     assert f"| {results['variants'][0]['variant']} " in section and "| +28.5 % |" in section
     assert "quantize/FIDELITY.md" in section and "quantize/fidelity_frontier.png" in section
+
+
+def test_a_section_from_a_later_run_says_its_own_date_and_machine():
+    results = recorded(None)
+    results["runs"] = {"prefill": {"date": "2026-12-02T09:00:00", "machine": {**results["machine"],
+                                                                             "cpu_flags": AVX512_BF16}}}
+    markdown = render_markdown(results)
+    assert "instruction sets not recorded" in markdown.splitlines()[2]  # the run the file is named for
+    prefill = markdown.split("## 8.", 1)[1].split("\n## ", 1)[0]
+    assert "Measured 2026-12-02T09:00:00" in prefill and "AVX-512 (BF16, VNNI)" in prefill
