@@ -31,10 +31,7 @@ class RateLimitStore:
         self.limiter = RateLimiter(config.rate_limits, ApiKeys(read_keys(config.auth)).limits)
 
     async def admit(self, key_id: str) -> dict[str, str] | p.ApiError:
-        try:
-            return self.limiter.admit(key_id)
-        except p.ApiError as refusal:
-            return refusal
+        return self.limiter.admit_or_refusal(key_id)
 
     async def charge(self, key_id: str, used_tokens: int) -> None:
         self.limiter.charge(key_id, used_tokens)

@@ -95,6 +95,14 @@ class RateLimiter:
             requests.level -= 1
         return self.headers(buckets)
 
+    def admit_or_refusal(self, key_id: str) -> dict[str, str] | p.ApiError:
+        """`admit`, with a refusal returned instead of raised: what the shared store sends back to a router, so that
+        it arrives as the ApiError it is (not wrapped in Ray's task error)."""
+        try:
+            return self.admit(key_id)
+        except p.ApiError as refusal:
+            return refusal
+
     def charge(self, key_id: str, used_tokens: int) -> None:
         """Count a finished request's tokens against its key."""
         tokens = self._buckets(key_id).tokens

@@ -38,10 +38,7 @@ class StandInStore:
         self.admit, self.charge = Method(self._admit), Method(self._charge)
 
     async def _admit(self, key_id: str):
-        try:
-            return self.limiter.admit(key_id)
-        except p.ApiError as refusal:
-            return refusal
+        return self.limiter.admit_or_refusal(key_id)
 
     async def _charge(self, key_id: str, used: int) -> None:
         self.limiter.charge(key_id, used)
