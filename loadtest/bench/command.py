@@ -5,8 +5,9 @@ This machine is shared and noisy, so every figure is a ratio of two things measu
 transformers, (3) decode against the memory-bandwidth ceiling with a profile, (4) the ONNX engine against vLLM's,
 (5) the variants with $ per 1M tokens from a short load test, (6) the load generator's headroom, (7) what
 constrained decoding (a JSON schema) costs the ONNX engine, (8) prefill tokens/s per variant, (9) one intra-op
-thread against two, (10) a long prompt arriving beside decoding streams, (11) the prefix cache. Writes
-bench/results.json and BENCHMARKS.md; `--quick` runs every section at its smallest to keep the scripts working.
+thread against two, (10) a long prompt arriving beside decoding streams, (11) the prefix cache, (12) sampling
+at the default temperature against greedy. Writes bench/results.json and BENCHMARKS.md; `--quick` runs every
+section at its smallest to keep the scripts working.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from loadtest.bench import constraints, engines, headroom, prefill, router, variants
+from loadtest.bench import constraints, engines, headroom, prefill, router, sampling, variants
 from loadtest.bench.report import render_markdown
 from loadtest.bench.router_cpu import application_processes
 from loadtest.machine import describe_machine, versions
@@ -32,7 +33,7 @@ from serving.launcher import running_app
 from serving.serve_cli import LOOPBACK_ENV
 
 SECTIONS = ("router", "batching", "ceiling", "backends", "variants", "headroom", "constraints", "prefill", "threads",
-            "long_prompt", "prefix_cache")
+            "long_prompt", "prefix_cache", "sampling")
 MODEL = "smollm2-135m"
 # Data planes, local default first: `quantserve serve`'s flags for each.
 ROUTER_MODES = [("throughput-optimized", ()), ("throughput-optimized + HAProxy", ("--haproxy",)),
@@ -96,10 +97,17 @@ def engine_sections(args, plan: dict, model_dir: Path) -> dict:
     if "batching" in args.sections:
         print("bench: continuous batching against transformers", flush=True)
         results["batching"] = engines.bench_batching(model_dir, plan["levels"], plan["repeats"], plan["tokens"])
+        ends = (plan["levels"][0], plan["levels"][-1])
+        results["batching_profile"] = {str(n): engines.profile_decode_ops(model_dir / "onnx-fp32",
+                                                                          plan["profile_steps"], n) for n in ends}
     if "backends" in args.sections:
         print("bench: the ONNX engine against vLLM's", flush=True)
         results["backends"] = engines.bench_backends(model_dir, plan["backend_levels"], plan["repeats"],
                                                      plan["tokens"], plan["vllm_dtypes"])
+    if "sampling" in args.sections:
+        print("bench: sampling at the default temperature against greedy", flush=True)
+        results["sampling"] = sampling.bench_sampling(model_dir, plan["sampling_levels"], plan["repeats"],
+                                                      plan["tokens"])
     if "constraints" in args.sections:
         print("bench: constrained decoding in the ONNX engine", flush=True)
         results["constraints"] = constraints.bench_constraints(model_dir, plan["constraint_levels"], plan["repeats"],
@@ -125,6 +133,12 @@ def prompt_sections(args, plan: dict, model_dir: Path) -> dict:
             print(f"bench: {title}", flush=True)
             load = prefill.machine_load()
             results[name] = [{**row, **load} for row in measure()]
+    if "prefill" in args.sections:
+        results["prefill_profile"] = prefill.profile_prefill_ops(model_dir, plan["prefill_tokens"])
+    if "long_prompt" in args.sections:
+        chunk = next(r["chunk_tokens"] for r in results["long_prompt"] if r["prefill"] == "chunked")
+        results["long_prompt_profile"] = prefill.profile_chunk_beside_step(
+            model_dir, plan["long_prompt_streams"], max(2, int(chunk)), plan["profile_steps"])
     return results
 
 
@@ -203,7 +217,7 @@ def full_plan() -> dict:
             "router_idle_seconds": 3, "router_profile_seconds": 8,
             "sweep_users": "1,2,4", "sweep_duration": "15s", "headroom_users": [8, 32], "headroom_seconds": 10,
             "constraint_levels": [1, 8], "prefill_tokens": 512, "thread_levels": [1, 4], "long_prompt_tokens": 2000,
-            "long_prompt_streams": 4, "prefix_tokens": 1000}
+            "long_prompt_streams": 4, "prefix_tokens": 1000, "sampling_levels": [1, 8]}
 
 
 def quick_plan() -> dict:
@@ -212,5 +226,5 @@ def quick_plan() -> dict:
             "router_streams": 2, "router_idle_seconds": 0.5, "router_profile_seconds": 0,
             "sweep_users": "1", "sweep_duration": "3s", "headroom_users": [4], "headroom_seconds": 3,
             "constraint_levels": [1, 2], "prefill_tokens": 64, "thread_levels": [1], "long_prompt_tokens": 256,
-            "long_prompt_streams": 2, "prefix_tokens": 200}
+            "long_prompt_streams": 2, "prefix_tokens": 200, "sampling_levels": [1, 2]}
 

@@ -8,6 +8,7 @@ loop it was created on).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import statistics
 import time
@@ -59,12 +60,13 @@ def vllm_engine(model_dir: Path, slots: int, dtype: str):
     return engine
 
 
-def stream_figures(engine, streams: int, tokens: int) -> dict[str, float]:
-    """`streams` greedy requests of exactly `tokens` tokens started together: total tokens/s and median TTFT."""
+def stream_figures(engine, streams: int, tokens: int, params=None) -> dict[str, float]:
+    """`streams` requests of at most `tokens` tokens (greedy unless `params` says otherwise) started together:
+    total tokens/s and median TTFT."""
     from serving.engines.base import SamplingParams
 
     prompt_ids = engine.encode(engine.render_chat(PROMPT))
-    params = SamplingParams(max_tokens=tokens, temperature=0)
+    params = params or SamplingParams(max_tokens=tokens, temperature=0)
 
     async def one(index: int) -> tuple[float, int]:
         started, first, generated = time.perf_counter(), None, 0
@@ -125,26 +127,47 @@ def bench_ceiling(model_dir: Path, repeats: int, tokens: int) -> list[dict]:
     return rows
 
 
-def profile_decode_ops(folder: Path, steps: int) -> list[dict]:
-    """ONNX Runtime's own profiler over one prefill and `steps` batch-1 decode steps: time per operator type."""
+def profiled_model(folder: Path, slots: int):
+    """A SlotKVModel with ONNX Runtime's profiler on (read it with `profile_events`)."""
     from serving.engines.onnx_model import SlotKVModel
 
-    model = SlotKVModel(folder, slots=1, context_length=512,
-                        profile_prefix=str(Path("/tmp") / f"quantserve-profile-{time.monotonic_ns()}"))
-    prompt = np.arange(1, 33)[None, :]
-    logits = model.forward(0, prompt, [prompt.shape[1]])
-    for step in range(steps):
-        token = np.array([[int(np.argmax(logits[0, -1]))]])
-        logits = model.forward(0, token, [prompt.shape[1] + step + 1])
+    return SlotKVModel(folder, slots=slots, context_length=512,
+                       profile_prefix=str(Path("/tmp") / f"quantserve-profile-{time.monotonic_ns()}"))
+
+
+def profile_events(model) -> list[dict]:
+    """The profiled model's trace (its profiling ends here)."""
     trace = Path(model.session.end_profiling())
-    per_op: dict[str, float] = defaultdict(float)
-    for event in json.loads(trace.read_text()):
-        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-            per_op[event["args"]["op_name"]] += event["dur"]
+    events = json.loads(trace.read_text())
     trace.unlink(missing_ok=True)
+    return events
+
+
+def operator_times(events: list[dict], per: int, counted=lambda run: True) -> list[dict]:
+    """Kernel time per operator type over the traced runs whose index `counted` accepts, ÷ `per`."""
+    runs = sorted(event["ts"] for event in events if event.get("name") == "model_run")
+    per_op: dict[str, float] = defaultdict(float)
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            run_index = bisect.bisect_right(runs, event["ts"]) - 1  # the run that started last before this node
+            if counted(run_index):
+                per_op[event["args"]["op_name"]] += event["dur"]
     total = sum(per_op.values())
-    return [{"op": op, "share": micros / total, "ms_per_step": micros / 1000 / (steps + 1)}
+    return [{"op": op, "share": micros / total, "ms_per_step": micros / 1000 / per}
             for op, micros in sorted(per_op.items(), key=lambda item: -item[1])]
+
+
+def profile_decode_ops(folder: Path, steps: int, batch: int = 1) -> list[dict]:
+    """ONNX Runtime's own profiler over `steps` decode steps of `batch` sequences together (their prefills run
+    first and are left out): time per operator type, per step."""
+    model = profiled_model(folder, batch)
+    prompt = np.arange(1, 33)[None, :]
+    tokens = np.array([[int(np.argmax(model.forward(slot, prompt, [prompt.shape[1]])[0, -1]))]
+                       for slot in range(batch)])
+    for step in range(steps):
+        logits = model.forward(0, tokens, [prompt.shape[1] + step + 1] * batch)
+        tokens = logits[:, -1].argmax(axis=1)[:, None]
+    return operator_times(profile_events(model), per=steps, counted=lambda run: run >= batch)
 
 
 # --- 2. continuous batching ----------------------------------------------------------------------------------------

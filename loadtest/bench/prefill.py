@@ -19,7 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.bench.engines import CHAT_VARIANTS, run, stream_figures, variant_folder
+from loadtest.bench.engines import (
+    CHAT_VARIANTS,
+    operator_times,
+    profile_events,
+    profiled_model,
+    run,
+    stream_figures,
+    variant_folder,
+)
 from quantserve.manifest import read_manifest
 
 LONG_PROMPT_VARIANT = "onnx-int4"
@@ -81,6 +89,23 @@ def bench_prefill(model_dir: Path, repeats: int, prompt_tokens: int) -> list[dic
                          "tokens_per_s": prompt_tokens / wall, "tokens_per_cpu_s": prompt_tokens / cpu,
                          "repeats": repeats})
     return rows
+
+
+PROFILED_PREFILLS = ("onnx-fp32", "onnx-int8", "onnx-int4")  # the target's two variants, and fp32 to compare
+
+
+def profile_prefill_ops(model_dir: Path, prompt_tokens: int) -> dict[str, list[dict]]:
+    """ONNX Runtime's profiler over one `prompt_tokens`-token prefill (last position's logits, one thread) of each
+    variant in PROFILED_PREFILLS, after an unprofiled one: kernel time per operator type."""
+    prompt = np.random.default_rng(0).integers(100, 40_000, size=(1, prompt_tokens))
+    folders = variant_folders(model_dir)
+    profiles = {}
+    for name in (n for n in PROFILED_PREFILLS if n in folders):
+        model = profiled_model(folders[name], 1)
+        for _ in range(2):
+            model.forward(0, prompt, [prompt_tokens])
+        profiles[name] = operator_times(profile_events(model), per=1, counted=lambda run: run >= 1)
+    return profiles
 
 
 # --- threads ----------------------------------------------------------------------------------------------------
@@ -170,6 +195,7 @@ def bench_long_prompt(model_dir: Path, repeats: int, long_tokens: int, streams: 
             for case, prompt in (("streams alone", None), ("long prompt arrives", long_prompt)):
                 figures[(mode, case)].append(run(streams_and_long_prompt(engine, stream_prompt, prompt, streams,
                                                                          tokens)))
+    chunk_tokens = engines["chunked"].batcher.planner.decoding_tokens  # the size the planner settled on
     for engine in engines.values():
         engine.shutdown()
     rows = []
@@ -179,8 +205,30 @@ def bench_long_prompt(model_dir: Path, repeats: int, long_tokens: int, streams: 
         rows.append({"variant": LONG_PROMPT_VARIANT, "prefill": mode, "case": case, "streams": streams,
                      "long_tokens": long_tokens, "itl_p99_ms": float(np.percentile(gaps, 99)) * 1000,
                      "itl_p50_ms": statistics.median(gaps) * 1000, "samples": len(gaps),
-                     "long_ttft_s": statistics.median(ttfts) if ttfts else None, "repeats": repeats})
+                     "long_ttft_s": statistics.median(ttfts) if ttfts else None, "repeats": repeats,
+                     "chunk_tokens": chunk_tokens if mode == "chunked" else None})
     return rows
+
+
+def profile_chunk_beside_step(model_dir: Path, streams: int, chunk_tokens: int, steps: int) -> dict:
+    """ONNX Runtime's profiler over `steps` iterations of what chunked prefill runs while `streams` decode: their
+    decode step, then a `chunk_tokens`-token chunk of a prompt in the next slot; kernel time per operator type of
+    each, per iteration."""
+    model = profiled_model(variant_folders(model_dir)[LONG_PROMPT_VARIANT], streams + 1)
+    stream_prompt, long_prompt = np.arange(1, 33)[None, :], np.arange(100, 164)[None, :]
+    for slot in range(streams):
+        model.forward(slot, stream_prompt, [stream_prompt.shape[1]])
+    model.forward(streams, long_prompt, [long_prompt.shape[1]])
+    tokens = np.ones((streams, 1), np.int64)
+    chunk = np.arange(200, 200 + chunk_tokens)[None, :]
+    for step in range(steps):
+        model.forward(0, tokens, [stream_prompt.shape[1] + step + 1] * streams)
+        model.forward(streams, chunk, [long_prompt.shape[1] + (step + 1) * chunk_tokens])
+    first = streams + 1  # runs before the iterations: the prefills
+    events = profile_events(model)
+    return {"streams": streams, "chunk_tokens": chunk_tokens,
+            "decode_step": operator_times(events, steps, lambda run: run >= first and (run - first) % 2 == 0),
+            "chunk": operator_times(events, steps, lambda run: run >= first and (run - first) % 2 == 1)}
 
 
 # --- prefix cache -----------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ def _verdict(value: float, target: float, at_least: bool = True) -> str:
     return f"{'meets' if met else 'misses'} the target ({'≥' if at_least else '≤'} {target:g}x)"
 
 
-def prefill_section(rows: list[dict], machine: dict) -> list[str]:
+def prefill_section(rows: list[dict], machine: dict, profiles: dict[str, list[dict]] | None = None) -> list[str]:
     by = {(r["variant"], r["logits"], r["threads"]): r for r in rows}
     tokens = rows[0]["tokens"]
     lines = [f"## 8. Prefill of a {tokens}-token prompt", "",
@@ -44,7 +44,42 @@ def prefill_section(rows: list[dict], machine: dict) -> list[str]:
         table.append([r["variant"], r["logits"], str(r["threads"]), _f(r["tokens_per_s"] / before["tokens_per_s"], 2),
                       _f(r["tokens_per_s"], 0), _f(r["tokens_per_cpu_s"], 0)])
     lines += _table(["variant", "logits for", "threads", "x before", "tokens/s", "tokens per CPU-s"], table)
-    return [*lines, "", prefill_paragraph(by, machine, rows[0])]
+    lines += ["", prefill_paragraph(by, machine, rows[0])]
+    return lines + (["", *prefill_profile(profiles, tokens)] if profiles else [])
+
+
+def prefill_profile(profiles: dict[str, list[dict]], tokens: int) -> list[str]:
+    """Where one prefill's kernel time goes, per variant: the operators that take most of it."""
+    lines = [f"Profile of one {tokens}-token prefill (last position's logits, one thread; ONNX Runtime's profiler, "
+             "kernel time per operator type, the five largest):", ""]
+    lines += _table(["variant", "operator", "ms", "share"],
+                    [[variant, p["op"], _f(p["ms_per_step"], 0), _f(p["share"] * 100, 1, " %")]
+                     for variant, ops in profiles.items() for p in ops[:5]])
+    return [*lines, "", prefill_profile_paragraph(profiles, tokens)]
+
+
+def _matmul_ms(ops: list[dict]) -> float:
+    return sum(p["ms_per_step"] for p in ops if "MatMul" in p["op"])
+
+
+def prefill_profile_paragraph(profiles: dict[str, list[dict]], tokens: int) -> str:
+    shares = ", ".join(f"{variant} {_matmul_ms(ops) / sum(p['ms_per_step'] for p in ops):.0%}"
+                       for variant, ops in profiles.items())
+    text = f"Matrix multiplications take most of each prefill ({shares} of its kernel time)."
+    fp32 = profiles.get("onnx-fp32")
+    if not fp32:
+        return text
+    for variant, ops in profiles.items():
+        if variant == "onnx-fp32":
+            continue
+        ratio = _matmul_ms(ops) / _matmul_ms(fp32)
+        text += (f" {variant}'s take {_matmul_ms(ops):.0f} ms against onnx-fp32's {_matmul_ms(fp32):.0f} ms "
+                 f"({ratio:.2f}x)")
+        text += (": its smaller weights do not make prefill faster. Prefill multiplies every weight by "
+                 f"{tokens} rows at once, which is arithmetic, not bytes read, and the quantized kernel unpacks and "
+                 "scales its weight blocks to do it." if ratio >= 0.8 else
+                 f": its smaller weights make the matrix work {1 / ratio:.2f}x faster.")
+    return text
 
 
 def prefill_paragraph(by: dict, machine: dict, any_row: dict) -> str:
@@ -87,7 +122,7 @@ def threads_section(rows: list[dict], machine: dict) -> list[str]:
             "`serve.threads` unset gives a replica one thread per whole CPU of its `num_cpus`." + _busy(rows[0])]
 
 
-def long_prompt_section(rows: list[dict]) -> list[str]:
+def long_prompt_section(rows: list[dict], profile: dict | None = None) -> list[str]:
     first = rows[0]
     by = {(r["prefill"], r["case"]): r for r in rows}
     lines = [f"## 10. A {first['long_tokens']}-token prompt arriving beside {first['streams']} decoding streams "
@@ -110,7 +145,39 @@ def long_prompt_section(rows: list[dict]) -> list[str]:
             f"prompt whole it rises {_f(whole, 1)}x. The price is "
             f"the long prompt's own first token, {_f(cost, 2)}x later: each chunk is sized to take about "
             "`prefill_share` of a decode step, and a decode step is memory-bound where prefill is compute-bound, so "
-            "the chunks are small." + _busy(first)]
+            f"the chunks are small{_chunk_size(by)}." + _busy(first)] + (_chunk_profile(profile) if profile else [])
+
+
+def _chunk_size(by: dict) -> str:
+    chunk = by[("chunked", "long prompt arrives")].get("chunk_tokens")
+    return "" if chunk is None else f" (the planner settled on {chunk:.1f} tokens; it never runs fewer than 2)"
+
+
+def _kernel_ms(ops: list[dict]) -> float:
+    return sum(p["ms_per_step"] for p in ops)
+
+
+def _chunk_profile(profile: dict) -> list[str]:
+    """What one iteration runs while the long prompt arrives: the streams' decode step, then a chunk."""
+    step, chunk = profile["decode_step"], profile["chunk"]
+    at_chunk = {p["op"]: p["ms_per_step"] for p in chunk}
+    lines = [f"Profile of one such iteration: a {profile['streams']}-stream decode step, then a "
+             f"{profile['chunk_tokens']}-token chunk in the next slot (ONNX Runtime's profiler, kernel time per "
+             "operator type):", ""]
+    lines += _table(["operator", "decode step ms", "chunk ms"],
+                    [[p["op"], _f(p["ms_per_step"], 3), _f(at_chunk.get(p["op"]), 3)] for p in step[:5]])
+    ratio = _kernel_ms(chunk) / _kernel_ms(step)
+    top = step[0]["op"]
+    text = (f"The chunk's kernel time is {_kernel_ms(chunk):.1f} ms against the decode step's "
+            f"{_kernel_ms(step):.1f} ms ({ratio:.2f}x), {top} {at_chunk.get(top, 0.0) / _kernel_ms(chunk):.0%} of "
+            f"the one and {step[0]['share']:.0%} of the other. A chunk is a forward pass of its own, which reads "
+            "every weight again, so even the smallest costs about what a decode step does, and the streams' next "
+            f"token waits for both: about {1 + ratio:.1f}x their gap alone at every iteration while the prompt is "
+            "prefilled. Putting the chunk into the decode step's pass (one read of the weights for both, as vLLM "
+            "schedules it) needs attention that takes several new tokens for one sequence beside one token for the "
+            "others in one call; the exported graph's GroupQueryAttention takes several new tokens only for one "
+            "sequence at a time.")
+    return ["", *lines, "", text]
 
 
 def prefix_cache_section(rows: list[dict]) -> list[str]:

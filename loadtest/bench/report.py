@@ -10,22 +10,27 @@ from loadtest.bench.markdown import figure as _f
 from loadtest.bench.markdown import table as _table
 from loadtest.bench.prefill_report import long_prompt_section, prefill_section, prefix_cache_section, threads_section
 from loadtest.bench.router_report import router_section
+from loadtest.bench.sampling import sampling_section
 from quantserve.constants import DEFAULT_CONFIG_PATH
 
 SERVER_BOUND_HEADROOM = 2.0  # the client drove at least this many times the load test's fastest rate
 FLAT_MARGINAL_GAIN = 0.75  # the last step up in streams raised tokens/s by under 75 % of its own factor
+BATCHING_TARGETS = {8: 4.0, 16: 6.0}  # issue 16: tokens/s at 8 streams >= 4x one stream's, at 16 >= 6x
 
 
 def _cpus(machine: dict) -> str:
     return f"{machine['logical_cpus']} logical CPUs"
 
 
-def batching_section(rows: list[dict]) -> list[str]:
+def batching_section(rows: list[dict], profiles: dict[str, list[dict]] | None) -> list[str]:
     lines = ["## 2. Continuous batching (onnx-fp32) against transformers `generate` (fp32, same batch)", ""]
     lines += _table(["streams", "x 1 stream", "x transformers", "tok/s", "transformers tok/s"],
                     [[str(r["streams"]), _f(r["scaling_vs_1_stream"], 2), _f(r["vs_transformers"], 2),
                       _f(r["tokens_per_s"]), _f(r["transformers_tokens_per_s"])] for r in rows])
-    return [*lines, "", batching_paragraph(rows)]
+    lines += ["", batching_paragraph(rows)]
+    if profiles and len(profiles) == 2:
+        lines += ["", *batching_profile(profiles)]
+    return lines
 
 
 def batching_paragraph(rows: list[dict]) -> str:
@@ -33,6 +38,11 @@ def batching_paragraph(rows: list[dict]) -> str:
     text = (f"Same prompt in every stream, started together; one compute thread on both sides (transformers with left "
             f"padding). At {top['streams']} streams the engine makes {_f(top['scaling_vs_1_stream'], 1)}x its "
             f"single-stream rate and {_f(top['vs_transformers'], 2)}x transformers' at the same batch.")
+    targets = [f"{r['streams']} streams {r['scaling_vs_1_stream']:.2f}x "
+               f"({'meets' if r['scaling_vs_1_stream'] >= BATCHING_TARGETS[r['streams']] else 'misses'} "
+               f"≥ {BATCHING_TARGETS[r['streams']]:g}x)" for r in rows if r["streams"] in BATCHING_TARGETS]
+    if targets:
+        text += " Issue 16's targets: " + ", ".join(targets) + "."
     if len(rows) < 2:
         return text
     before = rows[-2]
@@ -44,6 +54,29 @@ def batching_paragraph(rows: list[dict]) -> str:
     if gain < more * FLAT_MARGINAL_GAIN:
         return text + ", so by then the per-sequence work, not the weight reads, bounds the step."
     return text + f", so the step is still bound by the weight reads at {top['streams']} streams."
+
+
+def batching_profile(profiles: dict[str, list[dict]]) -> list[str]:
+    """ONNX Runtime's per-operator time of one decode step at the fewest and the most streams: what grows."""
+    (low, few), (high, many) = sorted(profiles.items(), key=lambda item: int(item[0]))
+    at_low = {p["op"]: p["ms_per_step"] for p in few}
+    lines = [f"Profile of one onnx-fp32 decode step at {low} and at {high} streams (ONNX Runtime's profiler, "
+             "kernel time per operator type):", ""]
+    lines += _table(["operator", f"ms per step, {low}", f"ms per step, {high}", "growth"],
+                    [[p["op"], _f(at_low.get(p["op"]), 3), _f(p["ms_per_step"], 3),
+                      _f(p["ms_per_step"] / at_low[p["op"]], 1, "x") if at_low.get(p["op"]) else "–"]
+                     for p in many[:8]])
+    step_low, step_high = sum(at_low.values()), sum(p["ms_per_step"] for p in many)
+    if step_high <= step_low:
+        return [*lines, "", f"The step's kernel time did not grow from {low} to {high} streams here."]
+    grew = sorted(many, key=lambda p: at_low.get(p["op"], 0.0) - p["ms_per_step"])[:2]
+    share = sum(p["ms_per_step"] - at_low.get(p["op"], 0.0) for p in grew) / (step_high - step_low)
+    text = (f"The step's kernel time grew {step_high / step_low:.1f}x ({step_low:.1f} → {step_high:.1f} ms) for "
+            f"{int(high) // int(low)}x the tokens; "
+            + " and ".join(f"{p['op']} ({at_low.get(p['op'], 0.0):.2f} → {p['ms_per_step']:.2f} ms)" for p in grew)
+            + f" account for {share:.0%} of that growth: what bounds batching on this CPU is the work that grows "
+            "with the batch, not the weights read once per step.")
+    return [*lines, "", text]
 
 
 def ceiling_section(rows: list[dict], profile: list[dict]) -> list[str]:
@@ -238,16 +271,19 @@ def render_markdown(results: dict) -> str:
         return runs.get(name, {}).get("machine") or machine
 
     sections = [("router", lambda: router_section(results["router"], machine, runs.get("router"))),
-                ("batching", lambda: batching_section(results["batching"])),
+                ("batching", lambda: batching_section(results["batching"], results.get("batching_profile"))),
                 ("ceiling", lambda: ceiling_section(results["ceiling"], results["profile"])),
                 ("backends", lambda: backends_section(results["backends"], results)),
                 ("variants", lambda: variants_section(results["variants"], machine_of("variants"))),
                 ("headroom", lambda: headroom_section(results["headroom"], results.get("sweep_max_requests_per_s"))),
                 ("constraints", lambda: constraints_section(results["constraints"])),
-                ("prefill", lambda: prefill_section(results["prefill"], machine_of("prefill"))),
+                ("prefill", lambda: prefill_section(results["prefill"], machine_of("prefill"),
+                                                    results.get("prefill_profile"))),
                 ("threads", lambda: threads_section(results["threads"], machine_of("threads"))),
-                ("long_prompt", lambda: long_prompt_section(results["long_prompt"])),
-                ("prefix_cache", lambda: prefix_cache_section(results["prefix_cache"]))]
+                ("long_prompt", lambda: long_prompt_section(results["long_prompt"],
+                                                            results.get("long_prompt_profile"))),
+                ("prefix_cache", lambda: prefix_cache_section(results["prefix_cache"])),
+                ("sampling", lambda: sampling_section(results["sampling"]))]
     for name, render in sections:
         if name in results:
             section = render()

@@ -80,3 +80,19 @@ def test_prompt_sections(quick_bench):
     assert hit["cached_tokens"] > 0.9 * results["plan"]["prefix_tokens"]
     for heading in ("Prefill of a", "Intra-op threads", "prompt arriving beside", "Prefix cache"):
         assert heading in markdown
+
+
+def test_sampling_and_engine_profiles(quick_bench):
+    results, markdown = quick_bench
+    greedy = {row["streams"]: row["tokens_per_s"] for row in results["sampling"] if row["mode"] == "greedy"}
+    assert {(row["mode"], row["streams"]) for row in results["sampling"]} == {
+        (mode, streams) for mode in ("greedy", "temperature 1", "temperature 0.7, top_p 0.9") for streams in (1, 2)}
+    for row in results["sampling"]:
+        assert row["x_greedy"] == pytest.approx(row["tokens_per_s"] / greedy[row["streams"]])
+        assert 0 < row["sampler_ms"] < row["step_ms"]  # the sampler alone is part of a step, never all of it
+    assert set(results["batching_profile"]) == {"1", "2"}
+    assert set(results["prefill_profile"]) == {"onnx-fp32", "onnx-int8", "onnx-int4"}
+    for ops in [*results["batching_profile"].values(), *results["prefill_profile"].values()]:
+        assert sum(op["share"] for op in ops) == pytest.approx(1.0)
+    assert "MatMulNBits" in {op["op"] for op in results["prefill_profile"]["onnx-int4"]}
+    assert "## 12. Sampling at the OpenAI default temperature" in markdown and "Profile of one" in markdown
