@@ -71,6 +71,7 @@ class LevelSummary:
     stopped_early: bool = False
     prompt_len: dict[str, float | None] = field(default_factory=dict)  # prompt tokens per request, from usage
     output_len: dict[str, float | None] = field(default_factory=dict)  # output tokens per request, from usage
+    prompt_reused: float | None = None  # share of prompt tokens the server took from its prefix cache (usage)
     short_outputs: int = 0  # successful requests that stopped before their max_tokens
     slo_met: int = 0
     slo_attainment: float = 0.0  # share of measured requests that succeeded within the SLO

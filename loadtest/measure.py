@@ -19,6 +19,7 @@ def measure_stream(record: RequestRecord, result: StreamResult, due_s: float) ->
     record.chunks, record.finish_reason = result.chunks, result.finish_reason
     record.prompt_tokens, record.output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
     record.total_tokens = usage.get("total_tokens")
+    record.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
     record.e2e_ms = (time.perf_counter() - due_s) * 1000
     if result.first_token_s is not None:
         record.ttft_ms = (result.first_token_s - due_s) * 1000

@@ -38,6 +38,7 @@ class RequestRecord:
     prompt_tokens: int | None = None
     output_tokens: int | None = None
     total_tokens: int | None = None
+    cached_tokens: int | None = None  # prompt tokens the server reused from its prefix cache (usage), when it says
     chunks: int = 0  # content-bearing stream chunks received
     finish_reason: str = ""
     usage_checked: bool = False  # usage was present and agreed with the stream

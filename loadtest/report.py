@@ -36,7 +36,9 @@ LOAD_NOTE = ("Offered: arrivals due in the measured window per second (rate mode
 LATENCY_NOTE = ("p50 / p90 / p99 / mean. TTFT and E2E count from when a request was due (rate mode: its scheduled "
                 "arrival, so waiting for a free client is included). ITL: every gap between streamed tokens of the "
                 "step; TPOT: one value per request, its mean gap after the first token.")
-WORKLOAD_NOTE = "Tokens per successful request as the server counted them (usage), not as asked."
+WORKLOAD_NOTE = ("Tokens per successful request as the server counted them (usage), not as asked; *prompt reused* is "
+                 "the share of prompt tokens the server took from its prefix cache (`usage.prompt_tokens_details."
+                 "cached_tokens`) instead of computing them.")
 
 
 def write_report(folder: Path, results: dict, records: list[RequestRecord]) -> Path:

@@ -61,6 +61,7 @@ def _summarize_group(group: list[RequestRecord], cost: VariantCost) -> LevelSumm
         tpot_ms=distribution(r.tpot_ms for r in ok), e2e_ms=distribution(r.e2e_ms for r in ok), itl_gaps=len(gaps),
         schedule_lag_ms=distribution(r.lag_ms for r in group), cap_hits=sum(r.waited_for_user for r in group),
         prompt_len=length_stats(r.prompt_tokens for r in ok), output_len=length_stats(r.output_tokens for r in ok),
+        prompt_reused=reused_share(ok),
         short_outputs=sum((r.output_tokens or 0) < r.max_tokens for r in ok if r.endpoint == "chat"),
         answered_by=dict(Counter(r.variant or "?" for r in ok)),
         error_kinds=dict(Counter(r.error for r in group if not r.ok)),
@@ -85,6 +86,12 @@ def _apply_window(summary: LevelSummary, records: list[RequestRecord], window: S
     if summary.mode == "rate":
         summary.offered_rps = (window.arrivals_due or 0) / window.length_s
         summary.arrivals, summary.rate_users = window.arrivals, window.rate_users
+
+
+def reused_share(records: list[RequestRecord]) -> float | None:
+    """Prompt tokens the server reused from its prefix cache ÷ prompt tokens, over the requests whose usage said."""
+    told = [(r.cached_tokens, r.prompt_tokens) for r in records if r.cached_tokens is not None and r.prompt_tokens]
+    return sum(cached for cached, _ in told) / sum(prompt for _, prompt in told) if told else None
 
 
 def length_stats(values: Iterable[int | None]) -> dict[str, float | None]:

@@ -10,8 +10,8 @@ from loadtest.levels import LATENCIES, LevelSummary
 LOAD_COLUMNS = ("variant", "level", "req", "err", "offered req/s", "achieved req/s", "lag p50/p99 ms", "cap hits",
                 "out tok/s", "$/h", "$/1M out", "$/1M total", "goodput req/s", "SLO met", "Pareto")
 LATENCY_COLUMNS = ("variant", "level", "TTFT ms", "ITL ms", "TPOT ms", "E2E ms", "ITL gaps")
-WORKLOAD_COLUMNS = ("variant", "level", "prompt tokens min/mean/max", "output tokens min/mean/max",
-                    "short of max_tokens")
+WORKLOAD_COLUMNS = ("variant", "level", "prompt tokens min/mean/max", "prompt reused (prefix cache)",
+                    "output tokens min/mean/max", "short of max_tokens")
 CHEAPEST_COLUMNS = ("variant", "level", "$/1M out", "SLO met", "")
 STATS = ("p50", "p90", "p99", "mean")
 
@@ -61,7 +61,8 @@ def workload_row(s: LevelSummary) -> list[str]:
     def lengths(stats: dict) -> str:
         return f"{fmt(stats.get('min'), 0)} / {fmt(stats.get('mean'))} / {fmt(stats.get('max'), 0)}"
 
-    return [s.label, level_text(s), lengths(s.prompt_len), lengths(s.output_len), str(s.short_outputs)]
+    reused = "–" if s.prompt_reused is None else f"{s.prompt_reused:.0%}"
+    return [s.label, level_text(s), lengths(s.prompt_len), reused, lengths(s.output_len), str(s.short_outputs)]
 
 
 def cheapest_rows(results: dict) -> list[list[str]]:
@@ -95,7 +96,7 @@ def csv_row(s: LevelSummary) -> dict[str, object]:
     }
     for name in LATENCIES:
         row.update({f"{name}_{stat}": getattr(s, name).get(stat) for stat in STATS})
-    row.update(itl_gaps=s.itl_gaps, prompt_tokens_mean=s.prompt_len.get("mean"),
+    row.update(itl_gaps=s.itl_gaps, prompt_tokens_mean=s.prompt_len.get("mean"), prompt_reused=s.prompt_reused,
                output_tokens_mean=s.output_len.get("mean"), short_outputs=s.short_outputs,
                output_tokens_per_s=s.output_tokens_per_s, usd_per_hour=s.usd_per_hour,
                usd_per_m_output_tokens=s.usd_per_m_output_tokens, usd_per_m_total_tokens=s.usd_per_m_total_tokens,

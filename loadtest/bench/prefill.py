@@ -248,22 +248,41 @@ def first_token(engine, prompt_ids: list[int], request_id: str) -> dict:
     return run(one())
 
 
+SHORT_CHATS = ("What is the capital of France?", "Name three primary colours.")
+
+
 def bench_prefix_cache(model_dir: Path, repeats: int, prefix_tokens: int) -> list[dict]:
-    """A request with a new `prefix_tokens`-token prefix, then one sharing it (another question after it): time to
-    first token of each, with the prefix cache on and off."""
+    """Time to first token of a request with a new `prefix_tokens`-token prefix, then of one sharing it (another
+    question after it); and of two short chat requests to a fresh engine, which share only the chat template's
+    default system prompt. With the prefix cache on and off."""
     folder = variant_folders(model_dir)[LONG_PROMPT_VARIANT]
     settings = {"max_batch_size": 2, "context_length": prefix_tokens + 64}
-    engines = {"on": engine_for(folder, **settings), "off": engine_for(folder, prefix_cache_mib=0, **settings)}
+    cache_off = {"prefix_cache_mib": 0}
+    long_prompt = f"{prefix_tokens}-token prefix"
+    samples: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+
+    def requests(prompt: str, mode: str, engine, cases: list[tuple[str, list[int]]], repeat: int) -> None:
+        for order, ids in cases:
+            samples[(prompt, mode, order)].append(
+                first_token(engine, ids, f"{mode}-{order}-{repeat}-{time.monotonic_ns()}"))
+
+    engines = {"on": engine_for(folder, **settings), "off": engine_for(folder, **cache_off, **settings)}
     encode = engines["on"].encode
-    samples: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for repeat in range(repeats):
         prefix = filler_ids(engines["on"], prefix_tokens, seed=500 + repeat)
+        cases = [("first", prefix + encode(" Which ships came in?")),
+                 ("sharing", prefix + encode(" Which ships left?"))]
         for mode, engine in engines.items():
-            for order, question in (("first", " Which ships came in?"), ("sharing", " Which ships left?")):
-                samples[(mode, order)].append(first_token(engine, prefix + encode(question),
-                                                          f"{mode}-{order}-{repeat}-{time.monotonic_ns()}"))
+            requests(long_prompt, mode, engine, cases, repeat)
+        for mode, extra in (("on", {}), ("off", cache_off)):  # fresh engines: nothing of the template cached yet
+            engine = engine_for(folder, **extra, **settings)
+            chats = [engine.encode(engine.render_chat([{"role": "user", "content": question}]))
+                     for question in SHORT_CHATS]
+            requests("short chat", mode, engine, list(zip(("first", "sharing"), chats, strict=True)), repeat)
+            engine.shutdown()
     for engine in engines.values():
         engine.shutdown()
-    return [{"variant": LONG_PROMPT_VARIANT, "cache": mode, "request": order, "prefix_tokens": prefix_tokens,
-             "repeats": repeats, **{key: statistics.median(s[key] for s in runs) for key in runs[0]}}
-            for (mode, order), runs in samples.items()]
+    return [{"variant": LONG_PROMPT_VARIANT, "prompt": prompt, "cache": mode, "request": order,
+             "prefix_tokens": prefix_tokens, "repeats": repeats,
+             **{key: statistics.median(s[key] for s in runs) for key in runs[0]}}
+            for (prompt, mode, order), runs in samples.items()]

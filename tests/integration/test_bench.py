@@ -76,8 +76,12 @@ def test_prompt_sections(quick_bench):
     assert {(row["threads"], row["streams"]) for row in results["threads"]} == {(1, 1), (2, 1)}
     by = {(row["prefill"], row["case"]): row for row in results["long_prompt"]}
     assert by[("whole", "long prompt arrives")]["long_ttft_s"] > 0 and by[("chunked", "streams alone")]["samples"] > 0
-    hit = next(row for row in results["prefix_cache"] if row["cache"] == "on" and row["request"] == "sharing")
-    assert hit["cached_tokens"] > 0.9 * results["plan"]["prefix_tokens"]
+    hits = {row["prompt"]: row for row in results["prefix_cache"]
+            if row["cache"] == "on" and row["request"] == "sharing"}
+    prefix = results["plan"]["prefix_tokens"]
+    assert hits[f"{prefix}-token prefix"]["cached_tokens"] > 0.9 * prefix
+    assert 0 < hits["short chat"]["cached_tokens"] < hits["short chat"]["prompt_tokens"]  # the system prompt only
+    assert all(row["cached_tokens"] == 0 for row in results["prefix_cache"] if row["request"] == "first")
     for heading in ("Prefill of a", "Intra-op threads", "prompt arriving beside", "Prefix cache"):
         assert heading in markdown
 

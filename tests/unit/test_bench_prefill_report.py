@@ -75,6 +75,24 @@ def test_the_prefix_cache_ratio_is_first_over_sharing():
     assert "1000 of 1006" in markdown
 
 
+@pytest.mark.parametrize(("cached_ttft", "claim"), [(0.05, "(2.00x sooner)."), (0.09, "barely shorten it")])
+def test_short_chat_requests_say_what_the_template_prefix_saved(cached_ttft, claim):
+    def row(prompt, cache, request, ttft, cached, tokens):
+        return {"variant": "onnx-int4", "prompt": prompt, "cache": cache, "request": request, "prefix_tokens": 1000,
+                "repeats": 3, "ttft_s": ttft, "queue_s": 0.0, "prefill_s": ttft, "first_sample_s": 0.0003,
+                "cached_tokens": cached, "prompt_tokens": tokens}
+    long = "1000-token prefix"
+    rows = [row(long, "on", "first", 4.0, 0, 1006), row(long, "on", "sharing", 0.2, 1000, 1006),
+            row(long, "off", "first", 4.0, 0, 1006), row(long, "off", "sharing", 4.0, 0, 1006),
+            row("short chat", "on", "first", 0.1, 0, 40), row("short chat", "on", "sharing", cached_ttft, 30, 38),
+            row("short chat", "off", "first", 0.1, 0, 40), row("short chat", "off", "sharing", 0.1, 0, 38)]
+    markdown = text(prefix_cache_section(rows))
+    assert "20.0x sooner than the first" in markdown and "| short chat | on | sharing |" in markdown
+    assert f"A short chat request reuses 30 of its 38 prompt tokens (the template's system prompt) and reaches its " \
+           f"first token in {cached_ttft * 1000:.0f} ms against 100 ms with the cache off" in markdown
+    assert claim in markdown
+
+
 def test_a_busy_machine_is_said_only_when_its_load_exceeded_its_cpus():
     quiet = text(threads_section([{"variant": "onnx-int4", "threads": t, "streams": 1, "tokens_per_s": 50.0,
                                    "repeats": 1, **LOAD} for t in (1, 2)], AVX2))

@@ -160,3 +160,18 @@ def test_the_deployment_is_read_from_a_replica_process_title(title, deployment):
     from loadtest.soak import deployment_of
 
     assert deployment_of(title) == deployment
+
+
+def test_prompt_tokens_reused_from_the_servers_prefix_cache_are_recorded_and_summed():
+    from loadtest.measure import measure_stream
+    from loadtest.results import reused_share
+
+    usage = {"prompt_tokens": 40, "completion_tokens": 1, "total_tokens": 41,
+             "prompt_tokens_details": {"cached_tokens": 30}}
+    record = RequestRecord(max_tokens=1)
+    measure_stream(record, parse_stream(timed(sse(chunk("a", "length"), {"choices": [], "usage": usage}, "[DONE]"))),
+                   due_s=0.0)
+    assert record.cached_tokens == 30
+    untold = RequestRecord(prompt_tokens=100)  # a server that does not say: left out, not counted as 0 reused
+    assert reused_share([record, RequestRecord(prompt_tokens=20, cached_tokens=0), untold]) == pytest.approx(30 / 60)
+    assert reused_share([untold]) is None
