@@ -106,7 +106,7 @@ def engine_sections(args, plan: dict, model_dir: Path) -> dict:
                                                      plan["tokens"], plan["vllm_dtypes"])
     if "sampling" in args.sections:
         print("bench: sampling at the default temperature against greedy", flush=True)
-        results["sampling"] = sampling.bench_sampling(model_dir, plan["sampling_levels"], plan["repeats"],
+        results["sampling"] = sampling.bench_sampling(model_dir, plan["sampling_levels"], plan["sampling_repeats"],
                                                       plan["tokens"])
     if "constraints" in args.sections:
         print("bench: constrained decoding in the ONNX engine", flush=True)
@@ -217,7 +217,8 @@ def full_plan() -> dict:
             "router_idle_seconds": 3, "router_profile_seconds": 8,
             "sweep_users": "1,2,4", "sweep_duration": "15s", "headroom_users": [8, 32], "headroom_seconds": 10,
             "constraint_levels": [1, 8], "prefill_tokens": 512, "thread_levels": [1, 4], "long_prompt_tokens": 2000,
-            "long_prompt_streams": 4, "prefix_tokens": 1000, "sampling_levels": [1, 8]}
+            "long_prompt_streams": 4, "prefix_tokens": 1000, "sampling_levels": [1, 8],
+            "sampling_repeats": 7}
 
 
 def quick_plan() -> dict:
@@ -226,5 +227,6 @@ def quick_plan() -> dict:
             "router_streams": 2, "router_idle_seconds": 0.5, "router_profile_seconds": 0,
             "sweep_users": "1", "sweep_duration": "3s", "headroom_users": [4], "headroom_seconds": 3,
             "constraint_levels": [1, 2], "prefill_tokens": 64, "thread_levels": [1], "long_prompt_tokens": 256,
-            "long_prompt_streams": 2, "prefix_tokens": 200, "sampling_levels": [1, 2]}
+            "long_prompt_streams": 2, "prefix_tokens": 200, "sampling_levels": [1, 2],
+            "sampling_repeats": 1}
 

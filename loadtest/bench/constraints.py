@@ -90,7 +90,7 @@ def bench_constraints(model_dir: Path, levels: list[int], repeats: int, tokens: 
 
 def constraints_section(rows: list[dict]) -> list[str]:
     """BENCHMARKS.md lines for this section."""
-    lines = ["## Constrained decoding (JSON schema) in the ONNX engine", "",
+    lines = ["## 7. Constrained decoding (JSON schema) in the ONNX engine", "",
              "| variant | streams | tokens/s free | tokens/s constrained | constrained ÷ free | decode step ms | "
              "mask ms per step | mask ÷ step |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
