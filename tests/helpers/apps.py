@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
 from serving.launcher import AppStartError, running_app
-from tests.helpers import REPO
+from tests.helpers import REPO, wait_for
 
 REQUEST_TIMEOUT_SECONDS = 12
 LIVE_VARIANTS = ["smollm2-135m:onnx-fp32", "smollm2-135m:onnx-int4", "minilm-l6-v2:onnx-int8"]
@@ -94,3 +95,19 @@ def vllm_app_config(models_dir: Path) -> dict:
         if variant["name"] == "vllm":
             serve["vllm"] = {**serve.get("vllm", {}), "dtype": "auto"}
     return config
+
+
+def routers_that_logged(app, *texts: str) -> int:
+    """How many router replicas' log files (Serve writes one per replica, in the app's logs folder) hold any of
+    `texts`."""
+    logs = app.log.parent / "logs"
+    return sum(any(text in path.read_text(errors="replace") for text in texts) for path in logs.glob("*Router*.log"))
+
+
+def both_routers_answer(app) -> None:
+    """Until each of two router replicas has answered /health (the proxy routes to a replica once it is up)."""
+    def up() -> bool:
+        return httpx.get(f"{app.url}/health", timeout=10).status_code == 200
+
+    assert wait_for(lambda: routers_that_logged(app, "/health") == 2 or not up(), 120), \
+        "the second router replica never answered"

@@ -1,7 +1,9 @@
-"""API keys, per-key rate limits, structured logs and fuzzing, against the real application started with keys.
+"""API keys, per-key rate limits (also across two routers), structured logs and fuzzing, against the real
+application started with keys.
 
-The app serves onnx-int4 and the int8 embedder, with three keys: ALPHA (no limit of its own), BRAVO (3 requests
-per minute) and CHARLIE (120 tokens per minute); logs go, as JSON lines, to a folder the tests read.
+The app serves onnx-int4 and the int8 embedder behind `router: {replicas: 2}`, with five keys: ALPHA (no limit of
+its own), BRAVO (3 requests per minute), CHARLIE (120 tokens per minute), PACED and METERED (the two-router tests);
+logs go, as JSON lines, one file per Serve replica, to a folder the tests read.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import openai
@@ -19,7 +22,7 @@ import pytest
 
 from serving.auth import key_id
 from tests.helpers import wait_for
-from tests.helpers.apps import app_config, started_app
+from tests.helpers.apps import app_config, both_routers_answer, routers_that_logged, started_app
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +30,9 @@ CHAT = "smollm2-135m"
 EMBEDDER = "minilm-l6-v2"
 ALPHA, BRAVO, CHARLIE = (f"sk-test-{name}-{secrets.token_hex(8)}" for name in ("alpha", "bravo", "charlie"))
 WRONG = f"sk-wrong-{secrets.token_hex(8)}"
+REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE = 6, 400  # PACED's and METERED's: ~12 short chats (~34 tokens each)
+PACED = f"sk-test-paced-{secrets.token_hex(8)}"
+METERED = f"sk-test-metered-{secrets.token_hex(8)}"
 HELLO = [{"role": "user", "content": "Hello"}]
 
 
@@ -35,11 +41,15 @@ def guarded(built_models, tmp_path_factory):
     """The running application with API keys on (serving.launcher.RunningApp); its logs are in logs_of(app)."""
     folder = tmp_path_factory.mktemp("guarded-app")
     keys = folder / "api-keys"
-    keys.write_text(f"# test keys\n{ALPHA}\n{BRAVO} requests_per_minute=3\n{CHARLIE} tokens_per_minute=120\n")
+    keys.write_text(f"# test keys\n{ALPHA}\n{BRAVO} requests_per_minute=3\n{CHARLIE} tokens_per_minute=120\n"
+                    f"{PACED} requests_per_minute={REQUESTS_PER_MINUTE}\n"
+                    f"{METERED} tokens_per_minute={TOKENS_PER_MINUTE}\n")
     server = {"limits": {"max_tokens": 16, "max_n": 2, "max_prompt_tokens": 512, "request_timeout_s": 60},
               "auth": {"api_keys_file": str(keys)}, "logging": {"dir": str(folder / "logs")}}
-    config = app_config(built_models, [f"{CHAT}:onnx-int4", f"{EMBEDDER}:onnx-int8"], server)
+    config = {**app_config(built_models, [f"{CHAT}:onnx-int4", f"{EMBEDDER}:onnx-int8"], server),
+              "router": {"replicas": 2}}
     with started_app(config, folder) as app:
+        both_routers_answer(app)
         yield app
 
 
@@ -179,6 +189,46 @@ def test_admission_refusals_are_counted_by_reason(guarded):
     assert refused > 0 and refusals(guarded, "429", "rate_limit_exceeded") == limited + refused
 
 
+# --- rate limits across two routers (serving/rate_limits.py: one shared RateLimitStore) -----------------
+
+
+def headers(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def test_a_keys_requests_per_minute_hold_across_two_routers(guarded):
+    started = time.monotonic()
+    answers = [httpx.get(f"{guarded.url}/v1/models", headers=headers(PACED), timeout=30) for _ in range(20)]
+    refilled = int((time.monotonic() - started) * REQUESTS_PER_MINUTE / 60)  # one request back every 10 s
+    admitted = [a for a in answers if a.status_code == 200]
+    assert {a.status_code for a in answers} == {200, 429}
+    # Per-replica buckets would have let in up to twice the limit (each router its own REQUESTS_PER_MINUTE).
+    assert REQUESTS_PER_MINUTE <= len(admitted) <= REQUESTS_PER_MINUTE + refilled, [a.status_code for a in answers]
+    assert admitted[-1].headers["x-ratelimit-remaining-requests"] == "0"
+    request_ids = [a.headers["x-request-id"] for a in answers if "x-request-id" in a.headers]
+    assert routers_that_logged(guarded, *request_ids) == 2  # both replicas took the key's requests
+
+
+def test_tokens_used_through_either_router_count_against_the_key(guarded):
+    """Tokens are charged to the store when a request ends, so a key runs out after about TOKENS_PER_MINUTE
+    tokens in all, whichever replica served each request (two private buckets would allow about twice that)."""
+    started, used, largest, refused = time.monotonic(), 0, 0, False
+    body = {"model": CHAT, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
+    for _ in range(30):  # more than two private buckets would let in
+        answer = httpx.post(f"{guarded.url}/v1/chat/completions", json=body, headers=headers(METERED), timeout=60)
+        if answer.status_code == 429:
+            refused = True
+            break
+        assert answer.status_code == 200, answer.text
+        tokens = answer.json()["usage"]["total_tokens"]
+        used, largest = used + tokens, max(largest, tokens)
+    refilled = (time.monotonic() - started) * TOKENS_PER_MINUTE / 60
+    assert refused, f"{used} tokens used and never refused"
+    # The request that crossed the limit is let in, and one more may start before its charge reaches the store.
+    assert used <= TOKENS_PER_MINUTE + 2 * largest + refilled, (used, largest, refilled)
+    assert routers_that_logged(guarded, f"key {key_id(METERED)}") == 2  # ~12 requests, each to either replica
+
+
 # --- logs --------------------------------------------------------------------------------------------
 
 
@@ -215,7 +265,7 @@ def test_no_key_appears_in_any_log_or_metric(guarded):
     haystacks = [path.read_text(errors="replace") for path in logs_of(guarded).glob("*.log")]
     haystacks.append(httpx.get(f"{guarded.url}/metrics", timeout=10).text)
     assert len(haystacks) > 1
-    for secret in (ALPHA, BRAVO, CHARLIE, WRONG):
+    for secret in (ALPHA, BRAVO, CHARLIE, PACED, METERED, WRONG):
         assert not any(secret in text for text in haystacks), "a key leaked into the logs or metrics"
 
 
