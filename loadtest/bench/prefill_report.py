@@ -58,12 +58,16 @@ def prefill_profile(profiles: dict[str, list[dict]], tokens: int) -> list[str]:
     return [*lines, "", prefill_profile_paragraph(profiles, tokens)]
 
 
+def _kernel_ms(ops: list[dict]) -> float:
+    return sum(p["ms_per_step"] for p in ops)
+
+
 def _matmul_ms(ops: list[dict]) -> float:
     return sum(p["ms_per_step"] for p in ops if "MatMul" in p["op"])
 
 
 def prefill_profile_paragraph(profiles: dict[str, list[dict]], tokens: int) -> str:
-    shares = ", ".join(f"{variant} {_matmul_ms(ops) / sum(p['ms_per_step'] for p in ops):.0%}"
+    shares = ", ".join(f"{variant} {_matmul_ms(ops) / _kernel_ms(ops):.0%}"
                        for variant, ops in profiles.items())
     text = f"Matrix multiplications take most of each prefill ({shares} of its kernel time)."
     fp32 = profiles.get("onnx-fp32")
@@ -151,10 +155,6 @@ def long_prompt_section(rows: list[dict], profile: dict | None = None) -> list[s
 def _chunk_size(by: dict) -> str:
     chunk = by[("chunked", "long prompt arrives")].get("chunk_tokens")
     return "" if chunk is None else f" (the planner settled on {chunk:.1f} tokens; it never runs fewer than 2)"
-
-
-def _kernel_ms(ops: list[dict]) -> float:
-    return sum(p["ms_per_step"] for p in ops)
 
 
 def _chunk_profile(profile: dict) -> list[str]:
