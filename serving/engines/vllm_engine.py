@@ -144,6 +144,7 @@ class VllmEngine:
         self.logprob_writer = LogprobWriter(self.prompts.tokenizer, TokenBytes(self.prompts.tokenizer))
         self.clock = ProcessorSharingClock()
         self.engine = None
+        self.prefix_caching = False  # read from vLLM's cache config when the engine starts
         self.scheduler_stats = None  # the latest vllm SchedulerStats, set by the stat logger
         self.generated_tokens_total = 0
         self._aborting: set = set()
@@ -165,6 +166,7 @@ class VllmEngine:
             structured_outputs_config=StructuredOutputsConfig(backend="guidance"),  # the ONNX engine's llguidance
             distributed_executor_backend="mp" if config.tensor_parallel_size > 1 else None)
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[stats_sink_factory(self)])
+        self.prefix_caching = bool(self.engine.vllm_config.cache_config.enable_prefix_caching)
         async for _ in self.generate("warmup", WARMUP_PROMPT, SamplingParams(max_tokens=2, temperature=0)):
             pass
 
@@ -185,7 +187,8 @@ class VllmEngine:
                 if max_tokens == 0:  # the prompt only: the one token vLLM had to generate is dropped
                     yield GenerationOutput(text="", token_ids=[], prompt_tokens=len(prompt_ids), completion_tokens=0,
                                            finish_reason="length", queue_seconds=_queue_seconds(output),
-                                           replica_seconds=self.clock.since(mark), prompt_logprobs=prompt_logprobs)
+                                           replica_seconds=self.clock.since(mark), prompt_logprobs=prompt_logprobs,
+                                           cached_tokens=self._cached_tokens(output))
                     return
                 choice = output.outputs[0]
                 completion_tokens += len(choice.token_ids)
@@ -194,12 +197,17 @@ class VllmEngine:
                     text=choice.text, token_ids=list(choice.token_ids), prompt_tokens=len(prompt_ids),
                     completion_tokens=completion_tokens, finish_reason=_finish_reason(choice.finish_reason),
                     logprobs=self._logprobs(choice, params.logprobs, pieces), queue_seconds=_queue_seconds(output),
-                    replica_seconds=self.clock.since(mark), prompt_logprobs=prompt_logprobs)
+                    replica_seconds=self.clock.since(mark), prompt_logprobs=prompt_logprobs,
+                    cached_tokens=self._cached_tokens(output))
         except Exception as exc:
             raise _engine_error(exc) from exc
         finally:
             self.clock.leave()
             await stream.aclose()  # unfinished: vLLM aborts the request and frees its KV blocks
+
+    def _cached_tokens(self, output) -> int | None:
+        """Prompt tokens vLLM's prefix cache supplied (whole KV blocks only); None when it runs without one."""
+        return (output.num_cached_tokens or 0) if self.prefix_caching else None
 
     def _sampling_params(self, params: SamplingParams, max_tokens: int):
         from vllm import SamplingParams as VllmSamplingParams

@@ -93,6 +93,21 @@ def test_streaming_with_usage_matches_non_streaming(client):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == full.choices[0].finish_reason
 
 
+def test_usage_reports_the_prompt_tokens_vllms_prefix_cache_supplied(client):
+    """vLLM's own prefix cache answers in the same usage field as the ONNX engine's (whole KV blocks only, so the
+    shared system prompt is long enough to fill some)."""
+    system = {"role": "system", "content": "You are a terse assistant for a geography quiz. " * 30}
+
+    def ask(question: str):
+        return client.chat.completions.create(model=VLLM, messages=[system, {"role": "user", "content": question}],
+                                              temperature=0, max_tokens=2)
+
+    first, second = ask("Capital of Spain?"), ask("Capital of Italy?")
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert 0.5 * second.usage.prompt_tokens < cached < second.usage.prompt_tokens
+
+
 def test_seeded_sampling_repeats_and_different_seeds_differ(client):
     def sample(seed: int) -> str:
         return client.completions.create(model=VLLM, prompt="Once upon a time", temperature=1.0, seed=seed,
