@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.bench.engines import PROMPT, onnx_engine, stream_figures, variant_folder
+from loadtest.bench.markdown import figure, table
 from serving.engines.base import SamplingParams
 
 SAMPLING_VARIANT = "onnx-int4"
@@ -27,15 +28,15 @@ def bench_sampling(model_dir: Path, levels: list[int], repeats: int, tokens: int
     busy seconds) and the rest (sampling, detokenizing, scheduling), medians over the repeats."""
     folder = variant_folder(model_dir, SAMPLING_VARIANT)
     engine = onnx_engine(folder, max(levels))
-    for _, settings in MODES:  # first-run allocations and the softmax session out of the measurement
-        stream_figures(engine, max(levels), tokens, SamplingParams(max_tokens=tokens, ignore_eos=True, **settings))
+    params = {mode: SamplingParams(max_tokens=tokens, ignore_eos=True, **settings) for mode, settings in MODES}
+    for mode, _ in MODES:  # first-run allocations and the softmax session out of the measurement
+        stream_figures(engine, max(levels), tokens, params[mode])
     runs: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for _ in range(repeats):
         for streams in levels:
-            for mode, settings in MODES:
-                params = SamplingParams(max_tokens=tokens, ignore_eos=True, **settings)
+            for mode, _ in MODES:
                 busy = engine.stats().busy_seconds_total
-                speed = stream_figures(engine, streams, tokens, params)["tokens_per_s"]
+                speed = stream_figures(engine, streams, tokens, params[mode])["tokens_per_s"]
                 forward = (engine.stats().busy_seconds_total - busy) / tokens
                 runs[(mode, streams)].append({"speed": speed, "forward_ms": 1000 * forward,
                                               "outside_ms": 1000 * (streams / speed - forward)})
@@ -91,8 +92,6 @@ NOISE = 0.03  # ratios of wall-clock runs on this shared machine move by about t
 
 
 def sampling_section(rows: list[dict]) -> list[str]:
-    from loadtest.bench.markdown import figure, table
-
     lines = [f"## 12. Sampling at the OpenAI default temperature ({rows[0]['variant']})", "",
              "The same engine and prompt, streams started together, every stream exactly the same number of tokens "
              f"(`ignore_eos`), the three settings interleaved in each of {rows[0].get('repeats', 3)} repeats, "
