@@ -16,6 +16,7 @@ import sys
 from serving.metrics import multiprocess_dir, render_metrics
 
 RENDER_TIMEOUT_SECONDS = 30.0
+RENDER_NICENESS = 10
 
 
 class MetricsRenderer:
@@ -53,7 +54,11 @@ class MetricsRenderer:
 
 
 def serve_renders() -> None:
-    """The child's loop: for each line on stdin, the exposition's length on a line, then the exposition."""
+    """The child's loop: for each line on stdin, the exposition's length on a line, then the exposition.
+
+    It runs at a lower CPU priority: on a node whose cores are all busy serving, a scrape waits for a free moment
+    rather than taking a core from a replica's model thread or the router."""
+    os.nice(RENDER_NICENESS)
     out = sys.stdout.buffer
     for _ in sys.stdin.buffer:
         try:
