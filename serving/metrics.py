@@ -29,6 +29,7 @@ import collections
 import glob
 import os
 import shutil
+import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -328,12 +329,20 @@ def _process_running(pid: int) -> bool:
     return True
 
 
+# Test-only, unset (no delay) in service: every render takes this many seconds longer, wherever it runs, so that a
+# test can tell a render that holds up the router's event loop from one that does not (tests/integration/
+# test_metrics_scrape.py).
+RENDER_DELAY_ENV = "QUANTSERVE_TEST_RENDER_DELAY_S"
+
+
 def render_metrics(registry: CollectorRegistry = REGISTRY, path: str | Path | None = None) -> bytes:
     """The text exposition for `/metrics` (serve it with `CONTENT_TYPE`).
 
     In multiprocess mode (`path`, or this process's PROMETHEUS_MULTIPROC_DIR) it aggregates every process's
     files; otherwise it renders `registry`.
     """
+    if delay := float(os.environ.get(RENDER_DELAY_ENV) or 0):
+        time.sleep(delay)
     path = path or multiprocess_dir()
     if path is None:
         return generate_latest(registry)
@@ -344,7 +353,8 @@ def render_metrics(registry: CollectorRegistry = REGISTRY, path: str | Path | No
 
 
 __all__ = [
-    "CONTENT_TYPE", "INTER_TOKEN_BUCKETS", "LATENCY_BUCKETS", "MULTIPROC_ENV", "QuantserveMetrics", "ReplicaLabels",
+    "CONTENT_TYPE", "INTER_TOKEN_BUCKETS", "LATENCY_BUCKETS", "MULTIPROC_ENV", "QuantserveMetrics", "RENDER_DELAY_ENV",
+    "ReplicaLabels",
     "RequestLabels", "TOKEN_COUNT_BUCKETS", "mark_dead_processes", "mark_process_dead", "multiprocess_dir",
     "observe_all", "prepare_multiprocess_dir", "render_metrics", "request_cost_dollars",
 ]
