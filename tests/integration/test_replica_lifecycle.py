@@ -37,6 +37,7 @@ INT4, INT8, GPTQ = f"{MODEL}:onnx-int4", f"{MODEL}:onnx-int8", f"{MODEL}:gptq-in
 COUNTING = {"prompt": "1, 2, 3, 4, 5, 6,", "temperature": 0}  # never meets an end-of-sequence token
 STALL_TIMEOUT_SECONDS = 5
 REQUEST_TIMEOUT_SECONDS = 150
+LONG_STREAM_TOKENS = 960  # with the 17-token prompt, within onnx-int4's context of 1,000 or 1,024
 
 
 def lifecycle_config(models_dir, int4_context: int = 1024) -> dict:
@@ -133,7 +134,9 @@ def test_the_router_queue_is_bounded_with_503_and_retry_after(app):
     """Two streams take the router's two places, a third request waits in its queue of one, a fourth is refused at
     once (and counted). Before, the router took every request (up to Serve's 512) and nothing was refused."""
     assert wait_for(lambda: running(app, INT4, 2), 120, interval=1)
-    streams = [Stream(app, {"model": INT4, "max_tokens": 400, **COUNTING}) for _ in range(2)]
+    # Streams long enough to hold both places until the fourth request is answered on any machine: 400 tokens ended
+    # within that time on a fast one (one stream had begun seconds before the other), and the fourth was let in.
+    streams = [Stream(app, {"model": INT4, "max_tokens": LONG_STREAM_TOKENS, **COUNTING}) for _ in range(2)]
     assert all(s.begun.wait(60) for s in streams)
     queued: list[httpx.Response] = []
     waiter = threading.Thread(target=lambda: queued.append(complete(app, model=INT8, max_tokens=2, **COUNTING)))
@@ -141,7 +144,8 @@ def test_the_router_queue_is_bounded_with_503_and_retry_after(app):
     time.sleep(1)  # the third request is in the queue (nothing to observe it by but its absence of an answer)
     assert not queued
     refused = complete(app, model=INT8, max_tokens=2, **COUNTING)
-    assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_full", refused.text
+    finished = [stream.events[-1] == "[DONE]" for stream in streams]
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_full", (refused.text, finished)
     assert int(refused.headers["retry-after"]) > 0
     metrics = httpx.get(f"{app.url}/metrics", timeout=10).text
     assert 'quantserve_requests_refused_total{code="503",endpoint="/v1/completions",reason="queue_full"}' in metrics
