@@ -80,18 +80,17 @@ class Scraper:
 
 
 def test_a_slow_metrics_render_does_not_hold_up_a_stream(slow_render_app):
-    stream_gaps(slow_render_app)  # warm-up: the replica's first request, the router's first handle calls
-    quiet, scraped, scrapes = [], [], []
+    httpx.post(f"{slow_render_app}/v1/completions", json={**STREAM, "stream": False, "max_tokens": 4}, timeout=120)
+    gaps, scrapes = [], []  # the warm-up above: the replica's first request, the router's first handle calls
     for _ in range(ROUNDS):
-        quiet += stream_gaps(slow_render_app)
         with Scraper(slow_render_app) as scraper:
-            scraped += stream_gaps(slow_render_app)
+            gaps += stream_gaps(slow_render_app)
         scrapes += scraper.durations
-    p99_quiet, p99_scraped = np.percentile(quiet, 99), np.percentile(scraped, 99)
-    print(f"p99 inter-token latency: {p99_quiet * 1e3:.1f} ms quiet, {p99_scraped * 1e3:.1f} ms during "
-          f"{len(scrapes)} scrapes of {np.median(scrapes) * 1e3:.0f} ms (median)")
+    p50, p99 = np.percentile(gaps, 50), np.percentile(gaps, 99)
+    print(f"inter-token latency p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms during {len(scrapes)} scrapes of "
+          f"{np.median(scrapes) * 1e3:.0f} ms (median)")
     # Every scrape waited out the slow render, and enough of them overlapped the streams that, were the stream held
     # for each one, more than 1 % of its gaps would be as long as the delay.
     assert min(scrapes) >= RENDER_DELAY_S
-    assert len(scrapes) >= 0.015 * len(scraped)
-    assert p99_scraped < RENDER_DELAY_S / 2
+    assert len(scrapes) >= 0.015 * len(gaps)
+    assert p99 < RENDER_DELAY_S / 2
