@@ -354,7 +354,6 @@ def render_metrics(registry: CollectorRegistry = REGISTRY, path: str | Path | No
 
 __all__ = [
     "CONTENT_TYPE", "INTER_TOKEN_BUCKETS", "LATENCY_BUCKETS", "MULTIPROC_ENV", "QuantserveMetrics", "RENDER_DELAY_ENV",
-    "ReplicaLabels",
-    "RequestLabels", "TOKEN_COUNT_BUCKETS", "mark_dead_processes", "mark_process_dead", "multiprocess_dir",
-    "observe_all", "prepare_multiprocess_dir", "render_metrics", "request_cost_dollars",
+    "ReplicaLabels", "RequestLabels", "TOKEN_COUNT_BUCKETS", "mark_dead_processes", "mark_process_dead",
+    "multiprocess_dir", "observe_all", "prepare_multiprocess_dir", "render_metrics", "request_cost_dollars",
 ]
