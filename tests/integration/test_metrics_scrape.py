@@ -10,7 +10,6 @@ p99 gap with it; off the loop the p99 stays at the stream's own pace. Bounded by
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -34,12 +33,10 @@ RENDER_DELAY_S = 0.3
 def slow_render_app(built_models: Path, tmp_path_factory: pytest.TempPathFactory):
     """Base URL of an application serving onnx-int4 whose every /metrics render takes RENDER_DELAY_S longer."""
     folder = tmp_path_factory.mktemp("slow-render-app")
-    os.environ[RENDER_DELAY_ENV] = str(RENDER_DELAY_S)  # inherited by `quantserve serve` and its Ray cluster
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(RENDER_DELAY_ENV, str(RENDER_DELAY_S))  # inherited by `quantserve serve` and its Ray cluster
         with started_app(app_config(built_models, [MODEL], {}), folder) as app:
             yield app.url
-    finally:
-        os.environ.pop(RENDER_DELAY_ENV, None)
 
 
 def stream_gaps(url: str) -> list[float]:

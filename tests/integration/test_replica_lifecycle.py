@@ -13,7 +13,6 @@ Each test failed on the previous code, as its docstring says.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -55,13 +54,11 @@ def lifecycle_config(models_dir, int4_context: int = 1024) -> dict:
 @pytest.fixture(scope="module")
 def app(built_models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("lifecycle-app")
-    os.environ[WEDGE_ENV] = INT8  # inherited by `quantserve serve`, its Ray cluster and the redeploying driver
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(WEDGE_ENV, INT8)  # inherited by `quantserve serve`, its Ray cluster and the redeploying driver
         with started_app(lifecycle_config(built_models), folder, variants=[INT4, INT8]) as running:
             running.models_dir = built_models
             yield running
-    finally:
-        os.environ.pop(WEDGE_ENV, None)
 
 
 def replicas(app, deployment: str) -> list[psutil.Process]:
