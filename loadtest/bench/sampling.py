@@ -29,14 +29,14 @@ def bench_sampling(model_dir: Path, levels: list[int], repeats: int, tokens: int
     folder = variant_folder(model_dir, SAMPLING_VARIANT)
     engine = onnx_engine(folder, max(levels))
     params = {mode: SamplingParams(max_tokens=tokens, ignore_eos=True, **settings) for mode, settings in MODES}
-    for mode, _ in MODES:  # first-run allocations and the softmax session out of the measurement
-        stream_figures(engine, max(levels), tokens, params[mode])
+    for mode_params in params.values():  # first-run allocations and the softmax session out of the measurement
+        stream_figures(engine, max(levels), tokens, mode_params)
     runs: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for _ in range(repeats):
         for streams in levels:
-            for mode, _ in MODES:
+            for mode, mode_params in params.items():
                 busy = engine.stats().busy_seconds_total
-                speed = stream_figures(engine, streams, tokens, params[mode])["tokens_per_s"]
+                speed = stream_figures(engine, streams, tokens, mode_params)["tokens_per_s"]
                 forward = (engine.stats().busy_seconds_total - busy) / tokens
                 runs[(mode, streams)].append({"speed": speed, "forward_ms": 1000 * forward,
                                               "outside_ms": 1000 * (streams / speed - forward)})
